@@ -1,0 +1,538 @@
+"""Resolve `--patchbay-version` to a runner binary on the host (SPEC 6.1, 6.2, 9.4).
+
+Also holds the download, safe tar extraction and atomic copy helpers that the binary
+overrides (binaries.py) share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import requests
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from .errors import TaskError, UsageError
+
+DEFAULT_RELEASE_URL = "https://github.com/n0-computer/patchbay/releases"
+DEFAULT_GIT_URL = "https://github.com/n0-computer/patchbay"
+RUNNER_NAME = "patchbay"
+CACHE_DIRNAME = ".patchbay-cache"
+BIN_DIRNAME = ".patchbay-bin"
+# (connect, read) seconds: a dead server fails fast, a slow download is not cut.
+HTTP_TIMEOUT = (15, 120)
+
+_TAG_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?$")
+# What a tag taken from a redirect URL may look like before it becomes a folder name.
+_SAFE_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_VERSION_HELP = "use latest, vX.Y.Z (or X.Y.Z), git:REF or path:FILE"
+
+
+class ServerUnreachable(TaskError):
+    """The server did not answer at all (DNS, refused, timeout): distinct from an HTTP error."""
+
+
+class HttpError(TaskError):
+    """The server answered with an HTTP error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RunnerSource:
+    """Where the runner comes from. kind: latest | tag | git | path | builtin."""
+
+    kind: str
+    value: str
+
+
+def parse_version(text: str) -> RunnerSource:
+    """Parse a `--patchbay-version` value; bad input raises UsageError."""
+    raw = text.strip()
+    if not raw:
+        raise UsageError(f"--patchbay-version is empty: {_VERSION_HELP}")
+    if raw == "latest":
+        return RunnerSource("latest", "latest")
+    if raw == "builtin":
+        return RunnerSource("builtin", "")
+    if _TAG_RE.match(raw):
+        return RunnerSource("tag", raw if raw.startswith("v") else "v" + raw)
+    if raw.startswith("git:"):
+        ref = raw[len("git:") :]
+        # A leading '-' would be read by git as an option.
+        if not ref or ref.startswith("-") or any(c.isspace() for c in ref):
+            raise UsageError(
+                f"--patchbay-version {raw!r}: git:REF needs a branch, tag or commit "
+                "(no spaces, not starting with '-'), e.g. git:main"
+            )
+        return RunnerSource("git", ref)
+    if raw.startswith("path:"):
+        path = raw[len("path:") :]
+        if not path:
+            raise UsageError("--patchbay-version path: needs a file, e.g. path:./patchbay")
+        return RunnerSource("path", path)
+    raise UsageError(f"unknown --patchbay-version {raw!r}: {_VERSION_HELP}")
+
+
+def normalize_arch(arch: str) -> str:
+    """Map host/guest arch spellings to the Rust triple's first part."""
+    table = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+    try:
+        return table[arch.lower()]
+    except KeyError:
+        raise UsageError(
+            f"unsupported guest arch {arch!r}: patchbay runs on x86_64 or aarch64"
+        ) from None
+
+
+def musl_target_for(arch: str) -> str:
+    return f"{normalize_arch(arch)}-unknown-linux-musl"
+
+
+def asset_name(arch: str) -> str:
+    """Release asset of the runner for a guest arch."""
+    return f"patchbay-{normalize_arch(arch)}-unknown-linux-musl.tar.gz"
+
+
+def release_base_url(base_url: str | None = None) -> str:
+    base = base_url or os.environ.get("PATCHBAY_RELEASE_URL") or DEFAULT_RELEASE_URL
+    return base.rstrip("/")
+
+
+def release_asset_url(base_url: str, tag: str, arch: str) -> str:
+    return f"{base_url.rstrip('/')}/download/{tag}/{asset_name(arch)}"
+
+
+# ── file helpers ─────────────────────────────────────────────────────────────
+
+
+@contextlib.contextmanager
+def _temp_beside(dest: Path) -> Iterator[Path]:
+    """A temp file in dest's folder (same filesystem, so os.replace is atomic).
+
+    Removed on any failure, so an interrupted write leaves nothing half-written.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def copy_executable(src: Path, dest: Path) -> Path:
+    """Copy src to dest with mode 0755 through a temp file and a rename."""
+    with _temp_beside(dest) as tmp:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, dest)
+    return dest
+
+
+def _stderr_console() -> Console:
+    return Console(stderr=True)
+
+
+def download_file(url: str, dest: Path, *, timeout: tuple[float, float] = HTTP_TIMEOUT) -> Path:
+    """Stream url to dest with a progress bar on stderr; dest appears only when complete.
+
+    Connection problems raise ServerUnreachable, HTTP errors HttpError, short reads TaskError.
+    """
+    try:
+        resp = requests.get(url, stream=True, timeout=timeout, allow_redirects=True)
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise ServerUnreachable(f"cannot reach {url}: {exc}") from exc
+    except requests.RequestException as exc:
+        raise TaskError(f"download of {url} failed: {exc}") from exc
+    with resp:
+        if resp.status_code >= 400:
+            raise HttpError(
+                f"download of {url} failed: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
+                resp.status_code,
+            )
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        written = 0
+        with _temp_beside(dest) as tmp:
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=_stderr_console(),
+                transient=True,
+            )
+            try:
+                with progress, open(tmp, "wb") as out:
+                    task = progress.add_task(f"download {dest.name}", total=total)
+                    for chunk in resp.iter_content(chunk_size=1 << 16):
+                        out.write(chunk)
+                        written += len(chunk)
+                        progress.update(task, advance=len(chunk))
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                raise ServerUnreachable(f"download of {url} broke off: {exc}") from exc
+            except requests.RequestException as exc:
+                raise TaskError(f"download of {url} failed: {exc}; try again") from exc
+            # Content-Length is of the encoded body; only compare when not compressed.
+            if total is not None and not resp.headers.get("Content-Encoding") and written != total:
+                raise TaskError(
+                    f"download of {url} was cut short ({written} of {total} bytes); try again"
+                )
+            os.replace(tmp, dest)
+    return dest
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a member is unsafe to have in an archive we unpack, or None."""
+    name = member.name
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "has an absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "has a '..' component"
+    if member.issym() or member.islnk():
+        return "is a link"
+    if member.isdev():  # character, block device or fifo
+        return "is a device or fifo"
+    if not (member.isfile() or member.isdir()):
+        return "is not a regular file or folder"
+    return None
+
+
+def extract_member(tar_path: Path, name_wanted: str | None, dest: Path) -> Path:
+    """Write one regular file of a .tar(.gz) to dest (a file path) and return dest.
+
+    name_wanted: the file's base name at any folder depth, or None for the first regular
+    file. The whole archive is checked first; a member with an absolute path, a '..',
+    a link or a device makes it hostile and nothing is written at all. Only dest is ever
+    written (through a temp file), so no member can land outside it.
+    """
+    try:
+        with tarfile.open(tar_path, "r:*") as tf:
+            members = tf.getmembers()
+            for member in members:
+                problem = _member_problem(member)
+                if problem:
+                    raise TaskError(
+                        f"refusing archive {tar_path}: member {member.name!r} {problem}; "
+                        "it may have been tampered with, download it again from a trusted source"
+                    )
+            chosen = next(
+                (
+                    m
+                    for m in members
+                    if m.isfile()
+                    and (name_wanted is None or m.name.rstrip("/").split("/")[-1] == name_wanted)
+                ),
+                None,
+            )
+            if chosen is None:
+                what = f"file named {name_wanted!r}" if name_wanted else "regular file"
+                raise TaskError(f"archive {tar_path} has no {what}; check the URL or release")
+            src = tf.extractfile(chosen)
+            if src is None:  # cannot happen for a regular file, but keep mypy and us honest
+                raise TaskError(f"cannot read {chosen.name!r} from {tar_path}")
+            with src, _temp_beside(dest) as tmp:
+                with open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out, 1 << 20)
+                os.chmod(tmp, 0o755)
+                os.replace(tmp, dest)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise TaskError(f"cannot unpack {tar_path}: {exc}; download it again") from exc
+    return dest
+
+
+# ── releases ─────────────────────────────────────────────────────────────────
+
+
+def _cache_root(work_dir: Path) -> Path:
+    return work_dir / CACHE_DIRNAME
+
+
+def cached_runner_path(work_dir: Path, tag: str) -> Path:
+    return _cache_root(work_dir) / tag / RUNNER_NAME
+
+
+def resolve_latest_tag(base_url: str, *, timeout: tuple[float, float] = HTTP_TIMEOUT) -> str:
+    """Ask the release server which tag `latest` is now (GitHub redirects to .../tag/vX.Y.Z)."""
+    url = f"{base_url.rstrip('/')}/latest"
+    try:
+        resp = requests.get(url, stream=True, timeout=timeout, allow_redirects=True)
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise ServerUnreachable(f"cannot reach {url}: {exc}") from exc
+    except requests.RequestException as exc:
+        raise TaskError(f"cannot ask {url} for the latest release: {exc}") from exc
+    with resp:
+        if resp.status_code >= 400:
+            raise TaskError(f"cannot ask {url} for the latest release: HTTP {resp.status_code}")
+        final = resp.url
+    match = re.search(r"/tag/([^/?#]+)/?(?:[?#].*)?$", final)
+    tag = unquote(match.group(1)) if match else ""
+    if not _SAFE_TAG_RE.match(tag):
+        raise TaskError(
+            f"{url} did not lead to a release tag (ended at {final}); "
+            "pin a version with --patchbay-version vX.Y.Z or path:FILE"
+        )
+    return tag
+
+
+def fetch_release(tag: str, work_dir: Path, arch: str, base_url: str) -> Path:
+    """The runner of a release tag, from the cache or downloaded and unpacked into it.
+
+    A tag names one fixed release, so a cached copy is reused without asking the server.
+    """
+    dest = cached_runner_path(work_dir, tag)
+    if dest.is_file():
+        return dest
+    url = release_asset_url(base_url, tag, arch)
+    archive = dest.parent / asset_name(arch)
+    try:
+        download_file(url, archive)
+        extract_member(archive, RUNNER_NAME, dest)
+    except HttpError as exc:
+        if exc.status == 404:
+            raise TaskError(
+                f"{url} was not found (HTTP 404): release {tag} does not exist or has no "
+                f"{asset_name(arch)}; pick another --patchbay-version"
+            ) from exc
+        raise
+    finally:
+        archive.unlink(missing_ok=True)
+        if not dest.exists():
+            # Leave no empty tag folder behind: it would look like a cached release.
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()
+    return dest
+
+
+def _version_key(tag: str) -> tuple:
+    m = _TAG_RE.match(tag)
+    if not m:
+        return (0, ())
+    # A release sorts after its own pre-releases.
+    return (1, (int(m[1]), int(m[2]), int(m[3]), m[4] is None, m[4] or ""))
+
+
+def newest_cached_runner(work_dir: Path) -> tuple[str, Path] | None:
+    """The cached release runner with the highest version (then the newest file)."""
+    root = _cache_root(work_dir)
+    if not root.is_dir():
+        return None
+    found = [
+        (d.name, d / RUNNER_NAME)
+        for d in root.iterdir()
+        if d.is_dir() and d.name != "git-src" and (d / RUNNER_NAME).is_file()
+    ]
+    if not found:
+        return None
+    return max(found, key=lambda item: (_version_key(item[0]), item[1].stat().st_mtime))
+
+
+def _warn(message: str) -> None:
+    try:
+        _stderr_console().print(f"[bold yellow]WARNING:[/] {message}", highlight=False)
+    except Exception:  # a broken terminal must not hide the warning
+        print(f"WARNING: {message}", file=sys.stderr)
+
+
+def _resolve_latest(work_dir: Path, arch: str, base_url: str) -> Path:
+    try:
+        tag = resolve_latest_tag(base_url)
+        return fetch_release(tag, work_dir, arch, base_url)
+    except ServerUnreachable as exc:
+        cached = newest_cached_runner(work_dir)
+        if cached is None:
+            raise TaskError(
+                f"cannot reach the patchbay release server ({exc}) and no runner is cached "
+                f"in {_cache_root(work_dir)}; pass --patchbay-version path:FILE with a "
+                "patchbay binary, or git:REF, or set PATCHBAY_RELEASE_URL to a reachable mirror"
+            ) from exc
+        tag, path = cached
+        _warn(
+            f"cannot reach the patchbay release server ({exc}); using the cached runner "
+            f"{tag} from {path}, which may not be the latest release. "
+            "Pin a version with --patchbay-version to silence this."
+        )
+        return path
+
+
+# ── git builds ───────────────────────────────────────────────────────────────
+
+
+def git_src_dir(work_dir: Path) -> Path:
+    return _cache_root(work_dir) / "git-src"
+
+
+def git_clone_argv(repo_url: str, src_dir: Path) -> list[str]:
+    return ["git", "clone", "--no-checkout", repo_url, str(src_dir)]
+
+
+def git_fetch_argvs(repo_url: str, src_dir: Path) -> list[list[str]]:
+    """Point origin at repo_url (it may have changed) and fetch branches and tags."""
+    return [
+        ["git", "-C", str(src_dir), "remote", "set-url", "origin", repo_url],
+        ["git", "-C", str(src_dir), "fetch", "--force", "--tags", "--prune", "origin"],
+    ]
+
+
+def git_ref_candidates(ref: str) -> list[str]:
+    """Names to try for REF: the remote branch first (a local branch would be stale)."""
+    return [f"origin/{ref}", ref]
+
+
+def git_verify_argv(src_dir: Path, candidate: str) -> list[str]:
+    return [
+        "git",
+        "-C",
+        str(src_dir),
+        "rev-parse",
+        "--verify",
+        "--quiet",
+        f"{candidate}^{{commit}}",
+    ]
+
+
+def git_checkout_argv(src_dir: Path, candidate: str) -> list[str]:
+    return ["git", "-C", str(src_dir), "checkout", "--force", "--detach", candidate]
+
+
+def cargo_runner_build_argv(src_dir: Path, musl_target: str) -> list[str]:
+    # --target-dir pinned so a CARGO_TARGET_DIR in the user's env cannot move the output.
+    return [
+        "cargo",
+        "build",
+        "--release",
+        "--manifest-path",
+        str(src_dir / "Cargo.toml"),
+        "--target-dir",
+        str(src_dir / "target"),
+        "--target",
+        musl_target,
+        "--bin",
+        RUNNER_NAME,
+    ]
+
+
+def git_built_runner_path(src_dir: Path, musl_target: str) -> Path:
+    return src_dir / "target" / musl_target / "release" / RUNNER_NAME
+
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+def _check(run: Runner, argv: list[str], what: str) -> None:
+    try:
+        proc = run(argv)
+    except FileNotFoundError as exc:
+        raise TaskError(f"{what}: {argv[0]} is not installed or not on PATH") from exc
+    if proc.returncode != 0:
+        raise TaskError(f"{what} failed (exit {proc.returncode}): {' '.join(argv)}")
+
+
+def build_from_git(
+    ref: str,
+    work_dir: Path,
+    musl_target: str,
+    *,
+    repo_url: str | None = None,
+    run: Runner = subprocess.run,
+) -> Path:
+    """Clone (once) the patchbay repo, check out REF and build the runner for musl."""
+    url = repo_url or os.environ.get("PATCHBAY_GIT_URL") or DEFAULT_GIT_URL
+    src = git_src_dir(work_dir)
+    if not (src / ".git").exists():
+        src.parent.mkdir(parents=True, exist_ok=True)
+        _check(run, git_clone_argv(url, src), f"cloning {url}")
+    for argv in git_fetch_argvs(url, src):
+        _check(run, argv, f"fetching {url}")
+    for candidate in git_ref_candidates(ref):
+        if run(git_verify_argv(src, candidate)).returncode == 0:
+            _check(run, git_checkout_argv(src, candidate), f"checking out {candidate}")
+            break
+    else:
+        raise UsageError(
+            f"git ref {ref!r} is not a branch, tag or commit of {url}; "
+            "pass an existing one, e.g. --patchbay-version git:main"
+        )
+    _check(run, cargo_runner_build_argv(src, musl_target), "building patchbay")
+    built = git_built_runner_path(src, musl_target)
+    if not built.is_file():
+        raise TaskError(f"cargo reported success but {built} is missing")
+    return built
+
+
+# ── top level ────────────────────────────────────────────────────────────────
+
+
+def _user_file(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise UsageError(f"--patchbay-version path:{value}: no such file; give a patchbay binary")
+    if path.is_dir():
+        raise UsageError(
+            f"--patchbay-version path:{value} is a directory; give the patchbay binary inside it"
+        )
+    return path
+
+
+def resolve_runner(
+    version: str,
+    work_dir: Path,
+    arch: str,
+    base_url: str | None = None,
+    musl_target: str | None = None,
+    *,
+    repo_url: str | None = None,
+    run: Runner = subprocess.run,
+) -> Path:
+    """Host path of the runner that `--patchbay-version` asks for.
+
+    Pass the result to install_runner(). musl_target defaults to the arch's musl triple.
+    """
+    source = parse_version(version)
+    target = musl_target or musl_target_for(arch)
+    base = release_base_url(base_url)
+    if source.kind == "builtin":
+        raise UsageError(
+            "the builtin runner is not available yet; use --patchbay-version latest, "
+            "vX.Y.Z, git:REF or path:FILE"
+        )
+    if source.kind == "path":
+        return _user_file(source.value)
+    if source.kind == "git":
+        return build_from_git(source.value, work_dir, target, repo_url=repo_url, run=run)
+    normalize_arch(arch)  # bad arch is a usage error before any network traffic
+    if source.kind == "latest":
+        return _resolve_latest(work_dir, arch, base)
+    try:
+        return fetch_release(source.value, work_dir, arch, base)
+    except ServerUnreachable as exc:
+        raise TaskError(
+            f"cannot download patchbay {source.value} ({exc}); pass --patchbay-version "
+            "path:FILE with a patchbay binary, or set PATCHBAY_RELEASE_URL to a reachable mirror"
+        ) from exc
+
+
+def install_runner(src: Path, work_dir: Path) -> Path:
+    """Copy the runner to <work>/.patchbay-bin/patchbay (guest /work/.patchbay-bin/patchbay)."""
+    dest = work_dir / BIN_DIRNAME / RUNNER_NAME
+    with contextlib.suppress(OSError):
+        if dest.exists() and src.resolve() == dest.resolve():
+            os.chmod(dest, 0o755)
+            return dest
+    return copy_executable(src, dest)
