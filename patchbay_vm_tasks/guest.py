@@ -1,0 +1,149 @@
+"""The guest over SSH: one kept Fabric connection per task, strict host key checking.
+
+Under TCG every SSH handshake costs about a second (SPEC 10), so a task opens one
+connection and sends batched scripts over it (SPEC 9.10).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import fabric
+import invoke
+import paramiko
+
+from .errors import VmUnavailable
+
+# Paramiko logs every refused handshake of the boot wait as an error with a traceback;
+# we report failures ourselves.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
+
+TRANSPORT_ERRORS = (paramiko.SSHException, EOFError, OSError, socket.timeout)
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][A-Z0-9])")
+
+
+def connection(port: int, user: str, key: Path, known_hosts: Path) -> fabric.Connection:
+    """A Fabric connection to the guest that trusts only the pinned host key."""
+    config = fabric.Config(overrides={"load_ssh_configs": False, "run": {"echo": False}})
+    conn = fabric.Connection(
+        "127.0.0.1",
+        user=user,
+        port=port,
+        config=config,
+        connect_timeout=10,
+        connect_kwargs={
+            "key_filename": [str(key)],
+            "look_for_keys": False,
+            "allow_agent": False,
+            "banner_timeout": 15,
+            "auth_timeout": 15,
+        },
+    )
+    # Fabric trusts unknown keys and consults ~/.ssh/known_hosts first; a stale entry
+    # there for [127.0.0.1]:2222 must not matter, and an unknown key must be refused.
+    conn.client._system_host_keys.clear()
+    conn.client.load_host_keys(str(known_hosts))
+    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    return conn
+
+
+def serial_tail(serial_log: Path, lines: int = 20) -> str:
+    try:
+        text = serial_log.read_text(errors="replace")
+    except OSError:
+        return "(no serial log)"
+    clean = [_ANSI.sub("", line).strip() for line in text.replace("\r", "\n").split("\n")]
+    return "\n".join([line for line in clean if line and line.isprintable()][-lines:])
+
+
+def wait_ready(
+    conn: fabric.Connection,
+    alive: Callable[[], bool],
+    serial_log: Path,
+    timeout: float,
+    on_progress: Callable[[float, str], None] | None = None,
+) -> float:
+    """Wait until SSH answers with the pinned key; stop at once if QEMU dies (SPEC 9.9).
+
+    Returns the seconds waited.
+    """
+    start = time.monotonic()
+    last_error = "no answer yet"
+    while True:
+        waited = time.monotonic() - start
+        if not alive():
+            raise VmUnavailable(
+                f"QEMU exited while the guest was booting. End of {serial_log}:\n"
+                + serial_tail(serial_log)
+            )
+        if waited > timeout:
+            raise VmUnavailable(
+                f"the guest did not answer SSH within {timeout:.0f} s ({last_error}). "
+                f"End of {serial_log}:\n{serial_tail(serial_log)}\n"
+                f"Raise QEMU_VM_BOOT_TIMEOUT if the machine is just slow."
+            )
+        if on_progress:
+            on_progress(waited, serial_tail(serial_log, 1)[:100])
+        try:
+            if not _banner(conn.port):
+                time.sleep(1.0)
+                continue
+            conn.open()
+            conn.run("true", hide=True, in_stream=False)
+            return time.monotonic() - start
+        except paramiko.BadHostKeyException as e:
+            raise VmUnavailable(
+                f"the guest presented a host key other than the pinned one ({e}); "
+                f"refusing to connect. `vm.up --recreate` builds a fresh guest."
+            ) from None
+        except (*TRANSPORT_ERRORS, invoke.UnexpectedExit) as e:
+            last_error = f"{type(e).__name__}: {e}".strip()
+            conn.close()
+            time.sleep(1.0)
+
+
+def _banner(port: int) -> bool:
+    """True once sshd greets; QEMU's user networking accepts and drops connections
+    before that, which costs nothing to find out this way."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def run_argv(
+    c: invoke.Context,
+    argv: Sequence[str],
+    sudo: bool = False,
+    hide: bool = False,
+    cwd: str | None = None,
+    **kwargs: Any,
+) -> invoke.runners.Result:
+    """Run `argv` through `c` (a local Context or a Fabric Connection); never raises on
+    a non-zero exit. Quoting happens here, at the boundary to the remote shell."""
+    command = shlex.join(argv)
+    if cwd:
+        command = f"cd {shlex.quote(cwd)} && {command}"
+    if sudo:
+        command = f"sudo -n sh -c {shlex.quote(command)}"
+    try:
+        return c.run(command, hide=hide, warn=True, pty=False, **kwargs)
+    except TRANSPORT_ERRORS as e:
+        raise VmUnavailable(f"lost the connection to the guest: {type(e).__name__}: {e}") from None
+
+
+def run_root_script(c: invoke.Context, script: str, what: str) -> None:
+    """Run a shell script as root in one round trip; raise with its output on failure."""
+    result = run_argv(c, ["sh", "-euc", script], sudo=True, hide=True, in_stream=False)
+    if result.exited != 0:
+        output = (result.stdout + result.stderr).strip()
+        raise VmUnavailable(f"{what} failed in the guest (exit {result.exited}):\n{output}")

@@ -1,0 +1,238 @@
+"""Base images: the Debian cloud image (downloaded, verified) or one built with mmdebstrap.
+
+Cache: the user data dir (`~/.local/share/patchbay/qemu-images/` on Linux),
+shared by every project and VM. Downloaded images are stored under the first
+16 hex digits of their sha512, so a refreshed `latest` never overwrites the
+backing file of an existing overlay (SPEC 9.4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from filelock import FileLock
+
+from .downloads import Unreachable, download, fetch_text, sha512_file
+from .errors import TaskError, UsageError, VmUnavailable
+from .ui import console, say, warn
+
+FALLBACK_SUITE = "trixie"
+
+# The guest carries every tool of SPEC 4.8, so first boot provisions nothing.
+GUEST_PACKAGES = (
+    "systemd-sysv udev kmod systemd-resolved openssh-server cloud-init netplan.io sudo "
+    "ca-certificates e2fsprogs procps initramfs-tools zstd "
+    "iproute2 nftables iptables iperf3 iputils-ping bridge-utils jq curl"
+).split()
+
+# Files the build writes into the guest tree. Constant text: no user data reaches a shell.
+_CUSTOMIZE = r"""set -e
+root="$1"
+rm -f "$root"/etc/ssh/ssh_host_*
+echo '/dev/vda / ext4 defaults,discard,errors=remount-ro 0 1' > "$root/etc/fstab"
+printf '%s\n' sch_netem 9p 9pnet_virtio virtiofs > "$root/etc/modules-load.d/patchbay.conf"
+printf '%s\n' net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 \
+  kernel.unprivileged_userns_clone=1 user.max_user_namespaces=65536 \
+  > "$root/etc/sysctl.d/90-patchbay.conf"
+echo 'datasource_list: [NoCloud, None]' > "$root/etc/cloud/cloud.cfg.d/90-patchbay.cfg"
+rm -f "$root/etc/hostname"
+"""
+# Bump when the recipe changes, so old cached builds are not reused.
+RECIPE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    disk: Path
+    format: str = "qcow2"
+    kernel: Path | None = None  # direct kernel boot when set
+    initrd: Path | None = None
+    cmdline: str = ""
+
+
+def ensure_base_image(url: str, cache_dir: Path, arch: str, mirror: str) -> BaseImage:
+    """Resolve QEMU_VM_IMAGE_URL to a local base image, downloading or building it."""
+    if url.startswith("debian:"):
+        return build_debian_image(url.split(":", 1)[1], arch, mirror, cache_dir)
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser()
+        if not path.is_file():
+            raise UsageError(f"QEMU_VM_IMAGE_URL: no image file at {path}")
+        return BaseImage(path.resolve(), image_format(path))
+    if parsed.scheme not in ("http", "https"):
+        raise UsageError(
+            f"QEMU_VM_IMAGE_URL: {url!r} is not an http(s) URL, a file path or debian:<suite>"
+        )
+    try:
+        return BaseImage(download_verified_image(url, cache_dir))
+    except Unreachable as e:
+        if not shutil.which("mmdebstrap"):
+            raise VmUnavailable(
+                f"{e}\nInstall mmdebstrap to build the guest image from a Debian mirror instead, "
+                f"or set QEMU_VM_IMAGE_URL to a local image file."
+            ) from None
+        warn(f"{e}; building the guest image from Debian packages instead (debian:{FALLBACK_SUITE})")
+        return build_debian_image(FALLBACK_SUITE, arch, mirror, cache_dir)
+
+
+def parse_sha512sums(text: str, filename: str) -> str | None:
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("*") == filename:
+            return parts[0].lower()
+    return None
+
+
+def download_verified_image(url: str, cache_dir: Path) -> Path:
+    """The image at `url`, verified against `SHA512SUMS` from the same directory."""
+    name = Path(urlparse(url).path).name
+    sums_url = url.rsplit("/", 1)[0] + "/SHA512SUMS"
+    try:
+        expected = parse_sha512sums(fetch_text(sums_url), name)
+    except Unreachable:
+        # Offline: a cached copy that still matches the digest it was stored under will do.
+        cached = _newest_verified(cache_dir, name)
+        if cached:
+            warn(f"cannot reach {sums_url}; using the cached {cached}")
+            return cached
+        raise
+    if expected is None:
+        raise VmUnavailable(f"{sums_url} lists no checksum for {name}; refusing an unverified image")
+    path = cache_dir / expected[:16] / name
+    with FileLock(str(cache_dir / f".{name}.lock")):
+        if path.exists():
+            if sha512_file(path) == expected:
+                return path
+            warn(f"cached {path} does not match its checksum; downloading it again")
+            path.unlink()
+        try:
+            download(url, path, expect_sha512=expected)
+        except Unreachable:
+            raise
+        except TaskError as e:
+            raise VmUnavailable(str(e)) from None
+    return path
+
+
+def _newest_verified(cache_dir: Path, name: str) -> Path | None:
+    candidates = sorted(cache_dir.glob(f"*/{name}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in candidates:
+        if sha512_file(path)[:16] == path.parent.name:
+            return path
+    return None
+
+
+def image_format(path: Path) -> str:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output", "json", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise UsageError(f"{path}: not a disk image qemu-img can read: {out.stderr.strip()}")
+    return json.loads(out.stdout)["format"]
+
+
+def build_key(suite: str, arch: str) -> str:
+    h = hashlib.sha256(json.dumps([RECIPE_VERSION, suite, arch, GUEST_PACKAGES]).encode())
+    return h.hexdigest()[:12]
+
+
+def build_debian_image(suite: str, arch: str, mirror: str, cache_dir: Path) -> BaseImage:
+    """A Debian `suite` guest built with mmdebstrap, kernel and initrd beside the qcow2."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", suite):
+        raise UsageError(f"QEMU_VM_IMAGE_URL: debian:{suite}: not a Debian suite name")
+    out = cache_dir / f"debian-{suite}-{arch}-{build_key(suite, arch)}"
+    image = BaseImage(
+        out / "disk.qcow2",
+        kernel=out / "vmlinuz",
+        initrd=out / "initrd.img",
+        cmdline="root=/dev/vda rw console=ttyS0",
+    )
+    if (out / "build.json").exists():
+        return image
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_dir / f".{out.name}.lock")):
+        if (out / "build.json").exists():  # built by another process while we waited
+            return image
+        _build(suite, arch, mirror, out)
+    return image
+
+
+def _build(suite: str, arch: str, mirror: str, out: Path) -> None:
+    for tool in ("mmdebstrap", "mke2fs", "qemu-img"):
+        if not shutil.which(tool):
+            raise VmUnavailable(
+                f"building debian:{suite} needs {tool}; install it "
+                f"(apt-get install mmdebstrap e2fsprogs qemu-utils)"
+            )
+    if os.geteuid() != 0:
+        raise VmUnavailable(
+            f"building debian:{suite} with mmdebstrap needs root here; run `vm.up` once as root, "
+            f"or set QEMU_VM_IMAGE_URL to a downloaded image"
+        )
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix=f".build-{out.name}-", dir=out.parent))
+    try:
+        tree = work / "root"
+        argv = [
+            "mmdebstrap",
+            "--variant=apt",
+            f"--architectures={arch}",
+            "--include=" + ",".join([f"linux-image-{arch}", *GUEST_PACKAGES]),
+            "--customize-hook=" + _CUSTOMIZE,
+            suite,
+            str(tree),
+            mirror,
+        ]
+        log = work / "mmdebstrap.log"
+        with console.status(f"building the debian:{suite} guest image with mmdebstrap"):
+            _run_logged(argv, log, f"mmdebstrap of debian:{suite}")
+            kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+            initrds = sorted((tree / "boot").glob("initrd.img-*"))
+            if not kernels or not initrds:
+                raise VmUnavailable(f"the debian:{suite} build has no kernel or initrd in /boot")
+            shutil.copy2(kernels[-1], work / "vmlinuz")
+            shutil.copy2(initrds[-1], work / "initrd.img")
+            raw = work / "disk.raw"
+            _run_logged(
+                ["mke2fs", "-q", "-t", "ext4", "-L", "rootfs", "-d", str(tree), str(raw), "4G"],
+                log,
+                "mke2fs",
+            )
+            shutil.rmtree(tree)
+            _run_logged(
+                ["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "disk.qcow2")],
+                log,
+                "qemu-img convert",
+            )
+            raw.unlink()
+        seconds = round(time.monotonic() - started, 1)
+        record = {"suite": suite, "arch": arch, "mirror": mirror, "packages": GUEST_PACKAGES}
+        (work / "build.json").write_text(json.dumps(record | {"seconds": seconds}, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+        say(f"built debian:{suite} guest image in {seconds} s: {out}")
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_logged(argv: list[str], log: Path, what: str) -> None:
+    with open(log, "a") as f:
+        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise VmUnavailable(f"{what} failed (exit {proc.returncode}):\n{tail}")

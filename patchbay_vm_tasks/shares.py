@@ -1,0 +1,158 @@
+"""Host folders shared into the guest: virtiofs (one virtiofsd per share) or 9p."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import VmUnavailable
+from .qemu import Share
+
+VIRTIOFSD_PLACES = (
+    "/usr/libexec/virtiofsd",
+    "/usr/lib/qemu/virtiofsd",
+    "/usr/lib/virtiofsd",
+    "/usr/local/libexec/virtiofsd",
+)
+TAGS = {"/app": "app", "/target": "target", "/work": "work"}
+
+
+@dataclass(frozen=True)
+class Virtiofsd:
+    path: str
+    flavour: str  # "rust" (virtiofsd >= 1.0) or "c" (QEMU's old one, Debian 12)
+    readonly_flag: bool = False
+
+
+def find_virtiofsd(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    found = shutil.which("virtiofsd")
+    if found:
+        return found
+    return next((p for p in VIRTIOFSD_PLACES if os.access(p, os.X_OK)), None)
+
+
+def detect_flavour(path: str) -> Virtiofsd | None:
+    """Tell the Rust virtiofsd from QEMU's C one by their help text (SPEC 9.3)."""
+    try:
+        out = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = out.stdout + out.stderr
+    if "--shared-dir" in text:
+        return Virtiofsd(path, "rust", readonly_flag="--readonly" in text)
+    if "source=" in text:
+        return Virtiofsd(path, "c")
+    return None
+
+
+def choose_fs_mode(requested: str, virtiofsd_bin: str | None) -> tuple[str, Virtiofsd | None, str]:
+    """(fs mode, the virtiofsd to use, why) for the `QEMU_VM_FS` request."""
+    if requested == "9p":
+        return "9p", None, "QEMU_VM_FS=9p"
+    path = find_virtiofsd(virtiofsd_bin)
+    daemon = detect_flavour(path) if path else None
+    why = ""
+    if daemon and daemon.flavour == "c" and os.geteuid() != 0:
+        why = f"{path} is QEMU's C virtiofsd, which needs root"
+        daemon = None
+    elif path and daemon is None:
+        why = f"{path} does not look like a virtiofsd"
+    elif path is None:
+        why = "no virtiofsd found (set QEMU_VM_VIRTIOFSD_BIN)"
+    if daemon:
+        return "virtiofs", daemon, f"{daemon.flavour} virtiofsd at {daemon.path}"
+    if requested == "virtiofs":
+        raise VmUnavailable(f"QEMU_VM_FS=virtiofs, but {why}")
+    return "9p", None, why
+
+
+def virtiofsd_argv(daemon: Virtiofsd, share: Share) -> list[str]:
+    if daemon.flavour == "rust":
+        argv = [
+            daemon.path,
+            f"--socket-path={share.socket}",
+            f"--shared-dir={share.host_path}",
+            "--cache=auto",
+            # The sandbox needs privileges we may not have; the guest is ours anyway.
+            "--sandbox=none",
+        ]
+        if share.readonly and daemon.readonly_flag:
+            argv.append("--readonly")
+        return argv
+    # QEMU's C virtiofsd: -o options, a chroot sandbox as root.
+    return [
+        daemon.path,
+        f"--socket-path={share.socket}",
+        "-o",
+        f"source={share.host_path}",
+        "-o",
+        "cache=auto",
+        "-o",
+        "sandbox=chroot",
+    ]
+
+
+def start_virtiofsd(daemon: Virtiofsd, share: Share, log: Path, timeout: float = 10.0) -> int:
+    """Start one virtiofsd in its own session; wait for its socket. Returns its PID."""
+    assert share.socket is not None
+    share.socket.unlink(missing_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            virtiofsd_argv(daemon, share),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this task, like the daemonised QEMU
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if share.socket.exists():
+            return proc.pid
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+            raise VmUnavailable(
+                f"virtiofsd for {share.host_path} exited with {proc.returncode}:\n" + "\n".join(tail)
+            )
+        time.sleep(0.05)
+    proc.kill()
+    raise VmUnavailable(f"virtiofsd for {share.host_path} made no socket in {timeout:.0f} s")
+
+
+def make_shares(mounts: list[tuple[str, Path, str]], fs_mode: str, state_dir: Path) -> list[Share]:
+    return [
+        Share(
+            tag=TAGS[guest],
+            host_path=host,
+            readonly=access == "ro",
+            socket=state_dir / f"virtiofs-{TAGS[guest]}.sock" if fs_mode == "virtiofs" else None,
+        )
+        for guest, host, access in mounts
+    ]
+
+
+def mount_script(mounts: list[tuple[str, Path, str]], fs_mode: str, user: str) -> str:
+    """Shell lines (run as root in the guest) that mount the shares; idempotent."""
+    lines = ["modprobe -q 9p 9pnet_virtio 2>/dev/null || true"] if fs_mode == "9p" else []
+    for guest, _host, access in mounts:
+        tag = TAGS[guest]
+        opts = access
+        if fs_mode == "9p":
+            fstype = "9p"
+            opts += ",trans=virtio,version=9p2000.L,msize=524288,cache=none"
+        else:
+            fstype = "virtiofs"
+        g = shlex.quote(guest)
+        lines.append(
+            f"mkdir -p {g}; mountpoint -q {g} || mount -t {fstype} -o {opts} {tag} {g}"
+        )
+    # /work must be writable by the guest user too, whatever uid owns it on the host.
+    u = shlex.quote(user)
+    lines.append(f"su -s /bin/sh {u} -c 'test -w /work' || chmod a+rwx /work")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""The state directory `.qemu-vm/<name>/` (SPEC 8): its files, the runtime record, the lock."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .errors import VmUnavailable
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    disk = property(lambda self: self.root / "disk.qcow2")
+    seed = property(lambda self: self.root / "seed.iso")
+    pidfile = property(lambda self: self.root / "qemu.pid")
+    serial_log = property(lambda self: self.root / "serial.log")
+    qmp_socket = property(lambda self: self.root / "qmp.sock")
+    key = property(lambda self: self.root / "id_ed25519")
+    host_key = property(lambda self: self.root / "ssh_host_ed25519_key")
+    known_hosts = property(lambda self: self.root / "known_hosts")
+    runtime = property(lambda self: self.root / "runtime.json")
+    lockfile = property(lambda self: self.root / ".lock")
+
+    def transient(self) -> list[Path]:
+        """Files that only mean something while the VM runs."""
+        patterns = ("qemu.pid", "qmp.sock", "runtime.json", "virtiofs-*.sock", "virtiofsd-*.pid")
+        return [p for pat in patterns for p in self.root.glob(pat)]
+
+    def read_runtime(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.runtime.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_runtime(self, record: dict[str, Any]) -> None:
+        tmp = self.runtime.with_name("runtime.json.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, self.runtime)
+
+    def lock(self, timeout: float = 900.0) -> FileLock:
+        """Held while a task starts, stops or cleans the VM (SPEC 9.12)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.lockfile), timeout=timeout)
+
+
+@contextlib.contextmanager
+def locked(state: StateDir, timeout: float = 900.0) -> Iterator[None]:
+    lock = state.lock(timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise VmUnavailable(
+            f"another task has held {state.lockfile} for {timeout:.0f} s; "
+            f"is a `vm.up` still running?"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

@@ -1,0 +1,13 @@
+"""Invoke collections: `vm`, `sim`, `test`. Import them into your own tasks.py."""
+
+from invoke import Collection
+
+from .vm import vm
+
+
+def namespace() -> Collection:
+    """The full namespace, as the root tasks.py and the `patchbay-vm` command use it."""
+    return Collection(vm)
+
+
+__all__ = ["namespace", "vm"]

@@ -1,0 +1,95 @@
+"""`vm.*`: the VM lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from invoke import Collection, Context, Exit, task
+
+from .. import guest, lifecycle, settings
+from .common import remainder, task_errors
+
+# `vm.status` exit code when the VM is not running (as LSB's "program is not running").
+NOT_RUNNING = 3
+
+
+@task(help={"recreate": "Stop the VM if it runs, throw its disk away and boot a fresh one."})
+def up(c: Context, recreate: bool = False) -> None:
+    """Boot the VM, or reuse the running one; make sure /app, /target, /work are mounted."""
+    with task_errors():
+        vm = lifecycle.up(settings.from_context(c), recreate=recreate)
+        vm.close()
+        if not vm.booted:
+            print(f"VM {vm.record['name']} is running (ssh port {vm.record['ssh_port']})")
+
+
+@task
+def down(c: Context) -> None:
+    """Shut the VM down (ACPI powerdown, then QMP quit) and stop its helper processes."""
+    with task_errors():
+        print(lifecycle.down(settings.from_context(c)))
+
+
+@task(help={"json": "Print one JSON object instead of text."})
+def status(c: Context, json_: bool = False) -> None:
+    """Show name, state, SSH port, accel, fs mode and mounts. Exits 3 when not running."""
+    with task_errors():
+        info = lifecycle.status(settings.from_context(c))
+    print(json.dumps(info, indent=2) if json_ else lifecycle.format_status(info))
+    if not info["running"]:
+        raise Exit(code=NOT_RUNNING)
+
+
+@task
+def cleanup(c: Context) -> None:
+    """Remove stale sockets, PID files and helper processes left by a VM that died."""
+    with task_errors():
+        print(lifecycle.cleanup(settings.from_context(c)))
+
+
+@task
+def ssh(c: Context) -> None:
+    """Run `-- CMD ARGS...` in the guest (exit code passed through); no command: a shell."""
+    with task_errors():
+        s = settings.from_context(c)
+        argv = remainder()
+        vm = lifecycle.require_running(s)
+        if not argv:
+            vm.close()
+            _interactive_shell(s, vm.record)
+        try:
+            result = guest.run_argv(vm.conn, argv)
+        finally:
+            vm.close()
+    if result.exited:
+        raise Exit(code=result.exited)
+
+
+def _interactive_shell(s: settings.VmSettings, record: dict) -> None:
+    state = lifecycle.state_of(s)
+    ssh_bin = shutil.which("ssh")
+    if ssh_bin:
+        # The OpenSSH client gives a real terminal; same pinned key, same strictness.
+        os.execv(
+            ssh_bin,
+            [
+                "ssh", "-t",
+                "-i", str(state.key),
+                "-p", str(record["ssh_port"]),
+                "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=yes",
+                "-o", f"UserKnownHostsFile={state.known_hosts}",
+                "-o", "LogLevel=ERROR",
+                f"{record['ssh_user']}@127.0.0.1",
+            ],
+        )  # fmt: skip
+    conn = guest.connection(record["ssh_port"], record["ssh_user"], state.key, state.known_hosts)
+    conn.shell()
+    raise Exit(code=0)
+
+
+# `--json` on the command line; `json` would shadow the module.
+status.help = {"json_": "Print one JSON object instead of text."}
+vm = Collection("vm", up, down, status, cleanup, ssh)

@@ -1,0 +1,39 @@
+"""Output to the user: one stderr console, progress bars, spinners.
+
+stdout is kept for what a task is asked for (status JSON, command output);
+everything about progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+console = Console(stderr=True, highlight=False)
+
+
+def say(message: str) -> None:
+    console.print(message, markup=False)
+
+
+def warn(message: str) -> None:
+    console.print(f"warning: {message}", style="bold yellow", markup=False)
+
+
+def download_progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
