@@ -1,0 +1,274 @@
+"""Sim file arguments, their guest paths, the guest command line and the results summary."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+GUEST_APP = "/app"
+GUEST_RUNNER = "/work/.patchbay-bin/patchbay"
+
+_TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
+
+
+def show_path(path: Path) -> str:
+    """A path as the user would type it: relative to the cwd when it lies below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; errors become a UsageError naming file, line and column."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11's TOMLDecodeError only carries the position inside its message.
+        msg = str(exc)
+        m = _TOML_POS_RE.search(msg)
+        if m:
+            where, at = f"{show_path(path)}:{m[1]}:{m[2]}", f" (line {m[1]}, column {m[2]})"
+        else:
+            where, at = show_path(path), " (at the end of the file)"
+        reason = _TOML_END_RE.sub("", _TOML_POS_RE.sub("", msg))
+        raise UsageError(f"{where}: invalid TOML{at}: {reason}; fix the file") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{show_path(path)}: not UTF-8 text; save it as UTF-8") from exc
+    except OSError as exc:
+        raise UsageError(f"cannot read {show_path(path)}: {exc.strerror or exc}") from exc
+
+
+def _inside(path: Path, workspace: Path, shown: str) -> Path:
+    real = path.resolve()
+    if not real.is_relative_to(workspace.resolve()):
+        raise UsageError(
+            f"sim {shown} lies outside the workspace {workspace} (the guest only sees the "
+            "workspace as /app); move or copy it into the project"
+        )
+    return real
+
+
+def expand_sim_args(args: list[str], workspace: Path) -> list[Path]:
+    """Turn --file values (files or folders of *.toml) into resolved sim paths.
+
+    Relative values are taken from the cwd. Each sim must lie inside the workspace
+    after symlinks are resolved, and must parse as TOML. Duplicates are dropped.
+    """
+    if not args:
+        raise UsageError("no sim given: pass --file SIM.toml or --file DIR (repeatable)")
+    out: list[Path] = []
+    for arg in args:
+        path = Path(arg).expanduser()
+        if not path.exists():
+            raise UsageError(f"sim path {arg} does not exist; check the --file value")
+        if path.is_dir():
+            # Non-recursive, sorted; dotfiles are editor leftovers, not sims.
+            found = sorted(
+                p for p in path.glob("*.toml") if p.is_file() and not p.name.startswith(".")
+            )
+            if not found:
+                raise UsageError(f"sim folder {arg} has no *.toml file; pass a sim file or folder")
+            candidates = [(p, show_path(p)) for p in found]
+        else:
+            candidates = [(path, arg)]
+        for candidate, shown in candidates:
+            real = _inside(candidate, workspace, shown)
+            if real not in out:
+                out.append(real)
+    for sim in out:
+        load_toml(sim)
+    return out
+
+
+def guest_sim_path(path: Path, workspace: Path) -> str:
+    """Where a workspace file appears in the guest: /app/<relative posix path>."""
+    try:
+        rel = path.resolve().relative_to(workspace.resolve())
+    except ValueError:
+        raise UsageError(
+            f"{path} lies outside the workspace {workspace}; move it into the project"
+        ) from None
+    return f"{GUEST_APP}/{rel.as_posix()}" if rel.parts else GUEST_APP
+
+
+def guest_run_argv(
+    sims_guest: list[str],
+    binary_args: list[str],
+    verbose: bool,
+    env: Mapping[str, str],
+) -> list[str]:
+    """The runner's command line in the guest (SPEC 6.6), to be run as root.
+
+    RUST_LOG is taken from RUST_LOG, else NETSIM_RUST_LOG; NETSIM_RUST_LOG is passed on too.
+    """
+    argv = ["env", "NETSIM_IN_VM=1", "NETSIM_TARGET_DIR=/target"]
+    rust_log = env.get("RUST_LOG") or env.get("NETSIM_RUST_LOG")
+    if rust_log:
+        argv.append(f"RUST_LOG={rust_log}")
+    if env.get("NETSIM_RUST_LOG"):
+        argv.append(f"NETSIM_RUST_LOG={env['NETSIM_RUST_LOG']}")
+    argv += [GUEST_RUNNER, "run", "--work-dir", "/work"]
+    for item in binary_args:
+        argv += ["--binary", item]
+    if verbose:
+        argv.append("-v")
+    argv += sims_guest
+    return argv
+
+
+def guest_command_line(argv: list[str]) -> str:
+    """argv quoted for the guest's shell (SSH hands the remote side one string)."""
+    return shlex.join(argv)
+
+
+# ── results ──────────────────────────────────────────────────────────────────
+
+
+def _run_dir(work_dir: Path) -> Path:
+    latest = work_dir / "latest"
+    if latest.is_dir():  # follows the symlink the runner makes
+        return latest
+    runs = [p for p in work_dir.glob("sim-*") if p.is_dir()]
+    if runs:
+        # sim-YYMMDD-HHMMSS sorts by time; mtime breaks ties between same-second runs.
+        return max(runs, key=lambda p: (p.name, p.stat().st_mtime))
+    return work_dir
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a half-written or broken results file must not fail the task
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return None
+
+
+def _seconds(value: Any) -> float | None:
+    """The runner's duration: an integer is microseconds, a float is seconds (SIM-FORMAT)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value / 1_000_000
+    text = str(value).strip()
+    if re.fullmatch(r"[0-9]+", text):
+        return int(text) / 1_000_000
+    return _num(text)
+
+
+def _mbit_s(nbytes: float | None, secs: float | None) -> float | None:
+    if nbytes is None or not secs or secs <= 0:
+        return None
+    return nbytes * 8 / secs / 1_000_000
+
+
+def _rows(sim: str, steps: Any) -> list[dict]:
+    rows = []
+    for step in steps if isinstance(steps, list) else []:
+        if not isinstance(step, dict):
+            continue
+        secs = _seconds(step.get("duration"))
+        down = _num(step.get("down_bytes"))
+        up = _num(step.get("up_bytes"))
+        rows.append(
+            {
+                "sim": sim,
+                "step": str(step.get("id") or "?"),
+                "duration_s": secs,
+                "down_bytes": down,
+                "up_bytes": up,
+                "down_mbit_s": _mbit_s(down, secs),
+                "up_mbit_s": _mbit_s(up, secs),
+                "latency_ms": _num(step.get("latency_ms")),
+            }
+        )
+    return rows
+
+
+def summarize_results(work_dir: Path) -> list[dict] | None:
+    """Step results of the newest run in work_dir, or None when there are none.
+
+    Reads combined-results.json ({"runs": [{"sim", "steps"}]}) when present, else each
+    <sim>/results.json ({"sim", "steps"}). Each row: sim, step, duration_s, down_bytes,
+    up_bytes, down_mbit_s, up_mbit_s, latency_ms (None where unknown).
+    """
+    run = _run_dir(work_dir)
+    # The run's own files first; a top-level combined file may be from an older run.
+    rows = (
+        _combined_rows(run / "combined-results.json")
+        or _per_sim_rows(run)
+        or _combined_rows(work_dir / "combined-results.json")
+    )
+    return rows or None
+
+
+def _combined_rows(path: Path) -> list[dict]:
+    data = _read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        return []
+    rows: list[dict] = []
+    for entry in data["runs"]:
+        if isinstance(entry, dict):
+            rows += _rows(str(entry.get("sim") or entry.get("sim_dir") or "?"), entry.get("steps"))
+    return rows
+
+
+def _per_sim_rows(run: Path) -> list[dict]:
+    rows: list[dict] = []
+    for path in sorted(run.glob("*/results.json")):
+        data = _read_json(path)
+        if isinstance(data, dict):
+            rows += _rows(str(data.get("sim") or path.parent.name), data.get("steps"))
+    return rows
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_summary(rows: list[dict] | None) -> str:
+    """A plain-text table of summarize_results() rows."""
+    if not rows:
+        return "no results found"
+    header = ["sim", "step", "duration s", "down Mbit/s", "up Mbit/s", "latency ms"]
+    table = [header] + [
+        [
+            str(r.get("sim", "?")),
+            str(r.get("step", "?")),
+            _fmt(r.get("duration_s"), 3),
+            _fmt(r.get("down_mbit_s"), 1),
+            _fmt(r.get("up_mbit_s"), 1),
+            _fmt(r.get("latency_ms"), 1),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        # Names left-aligned, numbers right-aligned so the decimals line up.
+        cells = [
+            row[i].ljust(widths[i]) if i < 2 else row[i].rjust(widths[i]) for i in range(len(row))
+        ]
+        return "  ".join(cells).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep] + [line(r) for r in table[1:]])
