@@ -1,0 +1,535 @@
+"""Binaries for sim.run: `--binary` overrides and the `[[binary]]` entries sims declare.
+
+Overrides are staged into <work>/binaries/ (guest /work/binaries/); sim entries that need
+a build are built on the host into the cargo target dir (guest /target) (SPEC 6.3, 6.4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import TaskError, UsageError
+from .runner import copy_executable, download_file, extract_member
+from .simfiles import load_toml, show_path
+
+OVERRIDE_MODES = ("path", "fetch", "build")
+SIM_MODES = ("path", "fetch", "build", "target")
+GUEST_BINARIES = "/work/binaries"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_OVERRIDE_HELP = "use NAME:MODE:VALUE with MODE path, fetch or build"
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+@dataclass(frozen=True)
+class BinarySpec:
+    """One binary: a `--binary` override or a sim's `[[binary]]` entry.
+
+    mode: path | fetch | build | target. value: the file, URL or project dir ("" if none).
+    """
+
+    name: str
+    mode: str
+    value: str = ""
+    example: str | None = None
+    bin: str | None = None
+    features: tuple[str, ...] = ()
+    all_features: bool = False
+    repo: str | None = None
+    commit: str | None = None
+    # The file that declared it, for messages; not part of what the entry means.
+    origin: str = field(default="", compare=False)
+
+
+# ── overrides ────────────────────────────────────────────────────────────────
+
+
+def _check_name(name: str, where: str) -> None:
+    # The name becomes a file name under <work>/binaries/.
+    if not _NAME_RE.match(name):
+        raise UsageError(
+            f"{where}: binary name {name!r} may only hold letters, digits, '.', '_' and '-'"
+        )
+
+
+def parse_override(text: str) -> BinarySpec:
+    """Parse `--binary NAME:MODE:VALUE`; only the first two ':' split, so URLs keep theirs."""
+    name, sep, rest = text.partition(":")
+    name = name.strip()
+    if not name:
+        raise UsageError(f"--binary {text!r}: empty name; {_OVERRIDE_HELP}")
+    mode, sep2, value = rest.partition(":")
+    mode, value = mode.strip(), value.strip()
+    if not sep or not mode:
+        raise UsageError(f"--binary {text!r}: missing mode; {_OVERRIDE_HELP}")
+    if mode not in OVERRIDE_MODES:
+        raise UsageError(f"--binary {text!r}: unknown mode {mode!r}; {_OVERRIDE_HELP}")
+    if not sep2 or not value:
+        raise UsageError(f"--binary {text!r}: missing value; {_OVERRIDE_HELP}")
+    _check_name(name, f"--binary {text!r}")
+    return BinarySpec(name=name, mode=mode, value=value, origin="--binary")
+
+
+def parse_overrides(texts: list[str]) -> dict[str, BinarySpec]:
+    """Parse every `--binary`; the same name twice is an error."""
+    out: dict[str, BinarySpec] = {}
+    for text in texts:
+        spec = parse_override(text)
+        if spec.name in out:
+            raise UsageError(
+                f"--binary {spec.name} is given twice; keep one --binary {spec.name}:MODE:VALUE"
+            )
+        out[spec.name] = spec
+    return out
+
+
+def merge(
+    sim_specs: Mapping[str, BinarySpec], overrides: Mapping[str, BinarySpec]
+) -> dict[str, BinarySpec]:
+    """All binaries of a run: a user's override replaces the sim entry of the same name."""
+    return {**sim_specs, **overrides}
+
+
+# ── sim-declared entries ─────────────────────────────────────────────────────
+
+
+def infer_mode(entry: Mapping[str, Any], source: Path | str | None = None) -> str:
+    """Mode of a `[[binary]]` entry: explicit, else path -> path, url -> fetch,
+    repo/example/bin -> build."""
+    name = entry.get("name", "?")
+    where = f" in {show_path(Path(source))}" if source else ""
+    mode = entry.get("mode")
+    if mode is not None:
+        if mode not in SIM_MODES:
+            raise UsageError(
+                f"binary {name!r}{where}: unknown mode {mode!r}; use one of {', '.join(SIM_MODES)}"
+            )
+        return mode
+    if entry.get("path"):
+        return "path"
+    if entry.get("url"):
+        return "fetch"
+    if entry.get("repo") or entry.get("example") or entry.get("bin"):
+        return "build"
+    raise UsageError(
+        f"binary {name!r}{where} has no source; give it path, url, repo, example or bin"
+    )
+
+
+def _opt_str(entry: Mapping[str, Any], key: str, name: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"binary {name!r} in {where}: {key} must be a string")
+    return value
+
+
+def spec_from_entry(entry: Any, source: Path) -> BinarySpec:
+    """A BinarySpec from one `[[binary]]` table of the file `source`."""
+    where = show_path(source)
+    if not isinstance(entry, dict):
+        raise UsageError(f"{where}: each [[binary]] must be a table with a name")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise UsageError(f'{where}: a [[binary]] entry has no name; add name = "..."')
+    _check_name(name, where)
+    mode = infer_mode(entry, source)
+    features = entry.get("features", [])
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        raise UsageError(f"binary {name!r} in {where}: features must be a list of strings")
+    all_features = entry.get("all-features", entry.get("all_features", False))
+    if not isinstance(all_features, bool):
+        raise UsageError(f"binary {name!r} in {where}: all-features must be true or false")
+    path = _opt_str(entry, "path", name, where)
+    url = _opt_str(entry, "url", name, where)
+    repo = _opt_str(entry, "repo", name, where)
+    commit = _opt_str(entry, "commit", name, where)
+    return BinarySpec(
+        name=name,
+        mode=mode,
+        value=path or url or "",
+        example=_opt_str(entry, "example", name, where),
+        bin=_opt_str(entry, "bin", name, where),
+        features=tuple(features),
+        all_features=all_features,
+        repo=repo,
+        # SIM-FORMAT: commit defaults to main when a repo is given.
+        commit=commit or ("main" if repo else None),
+        origin=str(source),
+    )
+
+
+def _entries(data: Mapping[str, Any], source: Path) -> dict[str, BinarySpec]:
+    raw = data.get("binary", [])
+    if not isinstance(raw, list):
+        raise UsageError(f"{show_path(source)}: use [[binary]] (an array of tables) for binaries")
+    # Within one file the later entry wins, as in the runner.
+    return {spec.name: spec for spec in (spec_from_entry(e, source) for e in raw)}
+
+
+def find_referenced(ref: str, referrer: Path, what: str) -> Path:
+    """A file named by `[[extends]]` or `[sim] binaries`: next to the referring file,
+    then one folder up, then in the cwd."""
+    rel = Path(ref).expanduser()
+    if rel.is_absolute():
+        candidates = [rel]
+    else:
+        here = referrer.parent
+        candidates = [here / rel, here.parent / rel, Path.cwd() / rel]
+    for cand in candidates:
+        if cand.is_file():
+            return cand.resolve()
+    raise UsageError(
+        f"{show_path(referrer)}: {what} file {ref!r} not found (looked in "
+        f"{', '.join(str(c.parent) for c in candidates)}); fix the file name"
+    )
+
+
+def _file_binaries(path: Path, stack: tuple[Path, ...]) -> dict[str, BinarySpec]:
+    if path in stack:
+        chain = " -> ".join(show_path(p) for p in (*stack, path))
+        raise UsageError(f"[[extends]] loop: {chain}; remove one of the extends")
+    data = load_toml(path)
+    stack = (*stack, path)
+    merged: dict[str, BinarySpec] = {}
+    extends = data.get("extends", [])
+    if isinstance(extends, dict):  # a single [extends] table
+        extends = [extends]
+    if not isinstance(extends, list):
+        raise UsageError(f'{show_path(path)}: write [[extends]] with file = "other.toml"')
+    for ext in extends:
+        ref = ext.get("file") if isinstance(ext, dict) else None
+        if not isinstance(ref, str) or not ref:
+            raise UsageError(f'{show_path(path)}: an [[extends]] has no file = "other.toml"')
+        # In order: a later extends wins over an earlier one.
+        merged.update(_file_binaries(find_referenced(ref, path, "[[extends]]"), stack))
+    sim = data.get("sim", {})
+    shared = sim.get("binaries") if isinstance(sim, dict) else None
+    if shared is not None:
+        if not isinstance(shared, str) or not shared:
+            raise UsageError(f"{show_path(path)}: [sim] binaries must name a TOML file")
+        shared_path = find_referenced(shared, path, "[sim] binaries")
+        merged.update(_entries(load_toml(shared_path), shared_path))
+    merged.update(_entries(data, path))  # the file's own entries win
+    return merged
+
+
+def sim_binaries(sim_file: Path) -> dict[str, BinarySpec]:
+    """The binaries one sim sees: extends (recursively), `[sim] binaries`, then its own."""
+    return _file_binaries(sim_file.resolve(), ())
+
+
+def collect_sim_binaries(
+    sim_files: list[Path], overridden: Collection[str] = ()
+) -> dict[str, BinarySpec]:
+    """The binaries all sims declare. The same name declared differently by two sims is an
+    error, unless `overridden` holds it (a `--binary` replaces both anyway)."""
+    result: dict[str, BinarySpec] = {}
+    first_sim: dict[str, Path] = {}
+    for sim in sim_files:
+        for name, spec in sim_binaries(sim).items():
+            if name in overridden:
+                continue
+            if name in result and result[name] != spec:
+                raise UsageError(
+                    f"binary {name!r} is declared differently by {show_path(first_sim[name])} "
+                    f"and {show_path(sim)}; make them match or pass --binary {name}:MODE:VALUE"
+                )
+            result.setdefault(name, spec)
+            first_sim.setdefault(name, sim)
+    return result
+
+
+# ── host builds of sim entries ───────────────────────────────────────────────
+
+
+def build_entries(
+    sim_specs: Mapping[str, BinarySpec], overrides: Collection[str] = ()
+) -> list[BinarySpec]:
+    """Sim entries to build on the host (mode build, no url), by name, skipping overridden.
+
+    A build entry's `path`, if any, is its cargo project dir (as in the Rust tool).
+    """
+    out = []
+    for name in sorted(sim_specs):
+        spec = sim_specs[name]
+        if name in overrides or spec.mode != "build":
+            continue
+        if spec.repo:
+            raise UsageError(
+                f"binary {name!r} ({show_path(Path(spec.origin))}) is built from {spec.repo}, "
+                f"which sim.run cannot build; build it and pass --binary {name}:path:FILE"
+            )
+        if spec.value.startswith(("http://", "https://")):
+            continue  # a URL is fetched by the runner itself
+        out.append(spec)
+    return out
+
+
+def build_dir(spec: BinarySpec, workspace: Path) -> Path:
+    """The cargo project a build entry is built in: its path, else the workspace."""
+    if not spec.value:
+        return workspace
+    path = Path(spec.value).expanduser()
+    return path if path.is_absolute() else workspace / path
+
+
+def artifact(spec: BinarySpec, kind: str | None = None) -> tuple[str, str]:
+    """(kind, name) of the cargo target to build: example/bin as declared, else the
+    entry's own name as `kind` (default example)."""
+    if spec.example:
+        return "example", spec.example
+    if spec.bin:
+        return "bin", spec.bin
+    return kind or "example", spec.name
+
+
+def cargo_build_argv(
+    spec: BinarySpec,
+    target: str,
+    workspace: Path,
+    *,
+    target_dir: Path | None = None,
+    kind: str | None = None,
+) -> list[str]:
+    """`cargo build --release --target <musl> --example|--bin NAME` for a build entry."""
+    what, name = artifact(spec, kind)
+    argv = [
+        "cargo",
+        "build",
+        "--release",
+        "--manifest-path",
+        str(build_dir(spec, workspace) / "Cargo.toml"),
+    ]
+    if target_dir is not None:
+        argv += ["--target-dir", str(target_dir)]
+    argv += ["--target", target]
+    if spec.all_features:
+        argv.append("--all-features")
+    elif spec.features:
+        argv += ["--features", ",".join(spec.features)]
+    argv += [f"--{what}", name]
+    return argv
+
+
+def _release_subpath(target: str, what: str, name: str) -> str:
+    return f"{target}/release/examples/{name}" if what == "example" else f"{target}/release/{name}"
+
+
+def guest_target_path(spec: BinarySpec, target: str, kind: str | None = None) -> str:
+    """Where the built entry is in the guest: /target/<musl>/release/[examples/]NAME."""
+    return "/target/" + _release_subpath(target, *artifact(spec, kind))
+
+
+def cargo_metadata_argv(project: Path) -> list[str]:
+    return [
+        "cargo",
+        "metadata",
+        "--no-deps",
+        "--format-version",
+        "1",
+        "--manifest-path",
+        str(project / "Cargo.toml"),
+    ]
+
+
+def choose_kind(metadata: Mapping[str, Any], name: str) -> str | None:
+    """'example' if the project has an example NAME, else 'bin' if a bin NAME, else None."""
+    kinds: set[str] = set()
+    for pkg in metadata.get("packages", []):
+        for tgt in pkg.get("targets", []):
+            if tgt.get("name") == name:
+                kinds.update(tgt.get("kind", []))
+    for kind in ("example", "bin"):
+        if kind in kinds:
+            return kind
+    return None
+
+
+def _run_checked(run: Runner, argv: list[str], what: str, **kwargs: Any) -> Any:
+    try:
+        proc = run(argv, **kwargs)
+    except FileNotFoundError as exc:
+        raise TaskError(f"{what}: {argv[0]} is not installed or not on PATH") from exc
+    if proc.returncode != 0:
+        detail = (getattr(proc, "stderr", None) or "").strip().splitlines()
+        tail = f": {detail[-1]}" if detail else ""
+        raise TaskError(f"{what} failed (exit {proc.returncode}){tail}; ran {' '.join(argv)}")
+    return proc
+
+
+def cargo_metadata(project: Path, run: Runner = subprocess.run) -> dict[str, Any]:
+    proc = _run_checked(
+        run,
+        cargo_metadata_argv(project),
+        f"reading the cargo project {project}",
+        capture_output=True,
+        text=True,
+    )
+    try:
+        return json.loads(proc.stdout)
+    except ValueError as exc:
+        raise TaskError(f"cargo metadata for {project} printed no JSON") from exc
+
+
+def _project_dir(path: Path, name: str) -> Path:
+    if not (path / "Cargo.toml").is_file():
+        raise UsageError(
+            f"binary {name!r}: {path} is not a cargo project (no Cargo.toml); "
+            "give the folder that holds it"
+        )
+    return path
+
+
+def build_sim_binaries(
+    entries: list[BinarySpec],
+    target: str,
+    target_dir: Path,
+    workspace: Path,
+    run: Runner = subprocess.run,
+) -> list[str]:
+    """Build build_entries() on the host into target_dir; return runner `--binary` values
+    NAME:path:/target/<musl>/release/[examples/]NAME."""
+    out = []
+    for spec in entries:
+        project = _project_dir(build_dir(spec, workspace), spec.name)
+        kind = None
+        if not spec.example and not spec.bin:
+            kind = choose_kind(cargo_metadata(project, run), spec.name)
+            if kind is None:
+                raise UsageError(
+                    f"binary {spec.name!r} ({show_path(Path(spec.origin))}): {project} has no "
+                    f"example or bin named {spec.name}; set example = or bin = in the entry"
+                )
+        argv = cargo_build_argv(spec, target, workspace, target_dir=target_dir, kind=kind)
+        _run_checked(run, argv, f"building {spec.name}")
+        built = target_dir / _release_subpath(target, *artifact(spec, kind))
+        if not built.is_file():
+            raise TaskError(f"cargo built {spec.name} but {built} is missing")
+        out.append(f"{spec.name}:path:{guest_target_path(spec, target, kind)}")
+    return out
+
+
+# ── staging overrides ────────────────────────────────────────────────────────
+
+
+def _user_path(value: str, workspace: Path) -> Path:
+    # As typed in a shell: from the cwd; the workspace is tried second for task
+    # runners that start elsewhere.
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    alt = workspace / path
+    return alt if alt.exists() else path
+
+
+def resolve_target_path(value: str, target_dir: Path, target: str) -> Path:
+    """`target:REST` relative to the cargo target dir. `target:examples/NAME` and
+    `target:bin/NAME` are the runner's shortcuts: <target>/release/... first, then release/."""
+    rest = value[len("target:") :]
+    kind, _, name = rest.partition("/")
+    if kind in ("examples", "bin") and name and "/" not in name:
+        sub = f"examples/{name}" if kind == "examples" else name
+        for cand in (target_dir / target / "release" / sub, target_dir / "release" / sub):
+            if cand.exists():
+                return cand
+        return target_dir / target / "release" / sub
+    return target_dir / rest
+
+
+def _fetch_cache_path(url: str, work_dir: Path) -> Path:
+    digest = hashlib.sha256(url.encode()).hexdigest()[:24]
+    base = Path(urlsplit(url).path).name or "download"
+    return work_dir / ".cache" / "fetch" / digest / base
+
+
+def _is_tarball(url: str) -> bool:
+    path = urlsplit(url).path
+    return path.endswith((".tar.gz", ".tgz"))
+
+
+def stage_override(
+    spec: BinarySpec,
+    work_dir: Path,
+    target: str,
+    target_dir: Path,
+    workspace: Path,
+    run: Runner = subprocess.run,
+) -> str:
+    """Put an override's binary at <work>/binaries/NAME (mode 0755) and return the runner's
+    `--binary` value NAME:path:/work/binaries/NAME."""
+    dest = work_dir / "binaries" / spec.name
+    flag = f"--binary {spec.name}:{spec.mode}:{spec.value}"
+    if spec.mode == "path":
+        if spec.value.startswith("target:"):
+            src = resolve_target_path(spec.value, target_dir, target)
+        else:
+            src = _user_path(spec.value, workspace)
+        if not src.exists():
+            raise UsageError(f"{flag}: {src} does not exist; build it first or fix the path")
+        if src.is_dir():
+            raise UsageError(f"{flag}: {src} is a directory; give the binary file inside it")
+        copy_executable(src, dest)
+    elif spec.mode == "fetch":
+        if urlsplit(spec.value).scheme not in ("http", "https"):
+            raise UsageError(f"{flag}: fetch needs an http:// or https:// URL")
+        cached = _fetch_cache_path(spec.value, work_dir)
+        if not cached.is_file():
+            download_file(spec.value, cached)
+        if _is_tarball(spec.value):
+            extract_member(cached, None, dest)
+        else:
+            copy_executable(cached, dest)
+    elif spec.mode == "build":
+        project = _user_path(spec.value, workspace)
+        if not project.is_dir():
+            raise UsageError(f"{flag}: {project} is not a directory; give a cargo project folder")
+        project = _project_dir(project.resolve(), spec.name)
+        meta = cargo_metadata(project, run)
+        kind = choose_kind(meta, spec.name)
+        if kind is None:
+            raise UsageError(
+                f"{flag}: {project} has no example or bin named {spec.name}; "
+                "name the override after one"
+            )
+        out_dir = Path(meta.get("target_directory") or project / "target")
+        local = BinarySpec(name=spec.name, mode="build", value=str(project))
+        argv = cargo_build_argv(local, target, project, target_dir=out_dir, kind=kind)
+        _run_checked(run, argv, f"building {spec.name}")
+        built = out_dir / _release_subpath(target, kind, spec.name)
+        if not built.is_file():
+            raise TaskError(f"cargo built {spec.name} but {built} is missing")
+        copy_executable(built, dest)
+    else:
+        raise UsageError(f"{flag}: unknown mode {spec.mode!r}; {_OVERRIDE_HELP}")
+    return f"{spec.name}:path:{GUEST_BINARIES}/{spec.name}"
+
+
+def prepare_binary_args(
+    override_texts: list[str],
+    sim_files: list[Path],
+    work_dir: Path,
+    target: str,
+    target_dir: Path,
+    workspace: Path,
+    run: Runner = subprocess.run,
+) -> list[str]:
+    """Everything sim.run passes as `--binary`: host builds of sim entries, then the
+    staged overrides (which win over sim entries of the same name)."""
+    overrides = parse_overrides(override_texts)
+    sim_specs = collect_sim_binaries(sim_files, overridden=overrides.keys())
+    args = build_sim_binaries(
+        build_entries(sim_specs, overrides.keys()), target, target_dir, workspace, run
+    )
+    for spec in overrides.values():
+        args.append(stage_override(spec, work_dir, target, target_dir, workspace, run))
+    return args
