@@ -29,11 +29,29 @@ from .ui import console, say, warn
 FALLBACK_SUITE = "trixie"
 
 # The guest carries every tool of SPEC 4.8, so first boot provisions nothing.
-GUEST_PACKAGES = (
-    "systemd-sysv udev kmod systemd-resolved openssh-server cloud-init netplan.io sudo "
-    "ca-certificates e2fsprogs procps initramfs-tools zstd "
-    "iproute2 nftables iptables iperf3 iputils-ping bridge-utils jq curl"
-).split()
+GUEST_PACKAGES = [
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "systemd-resolved",
+    "openssh-server",
+    "cloud-init",
+    "netplan.io",
+    "sudo",
+    "ca-certificates",
+    "e2fsprogs",
+    "procps",
+    "initramfs-tools",
+    "zstd",
+    "iproute2",
+    "nftables",
+    "iptables",
+    "iperf3",
+    "iputils-ping",
+    "bridge-utils",
+    "jq",
+    "curl",
+]
 
 # Files the build writes into the guest tree. Constant text: no user data reaches a shell.
 _CUSTOMIZE = r"""set -e
@@ -82,7 +100,9 @@ def ensure_base_image(url: str, cache_dir: Path, arch: str, mirror: str) -> Base
                 f"{e}\nInstall mmdebstrap to build the guest image from a Debian mirror instead, "
                 f"or set QEMU_VM_IMAGE_URL to a local image file."
             ) from None
-        warn(f"{e}; building the guest image from Debian packages instead (debian:{FALLBACK_SUITE})")
+        warn(
+            f"{e}; building the guest image from Debian packages instead (debian:{FALLBACK_SUITE})"
+        )
         return build_debian_image(FALLBACK_SUITE, arch, mirror, cache_dir)
 
 
@@ -108,7 +128,9 @@ def download_verified_image(url: str, cache_dir: Path) -> Path:
             return cached
         raise
     if expected is None:
-        raise VmUnavailable(f"{sums_url} lists no checksum for {name}; refusing an unverified image")
+        raise VmUnavailable(
+            f"{sums_url} lists no checksum for {name}; refusing an unverified image"
+        )
     path = cache_dir / expected[:16] / name
     with FileLock(str(cache_dir / f".{name}.lock")):
         if path.exists():

@@ -49,9 +49,7 @@ def running_pid(state: StateDir) -> int | None:
 
 
 def mount_record(settings: VmSettings) -> list[dict[str, str]]:
-    return [
-        {"guest": g, "host": str(h), "access": a} for g, h, a in settings.mounts()
-    ]
+    return [{"guest": g, "host": str(h), "access": a} for g, h, a in settings.mounts()]
 
 
 # --- up --------------------------------------------------------------------------
@@ -109,9 +107,7 @@ def _connect(state: StateDir, record: dict[str, Any]) -> fabric.Connection:
 
 def _guest_script(settings: VmSettings, fs_mode: str) -> str:
     return (
-        shares.mount_script(settings.mounts(), fs_mode, settings.ssh_user)
-        + "\n"
-        + provision.SCRIPT
+        shares.mount_script(settings.mounts(), fs_mode, settings.ssh_user) + "\n" + provision.SCRIPT
     )
 
 

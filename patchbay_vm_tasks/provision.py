@@ -33,4 +33,7 @@ if [ ! -e /etc/sysctl.d/90-patchbay.conf ]; then
 fi
 grep -qx sch_netem /etc/modules-load.d/patchbay.conf 2>/dev/null \\
   || echo sch_netem >> /etc/modules-load.d/patchbay.conf
+# cloud-init has just replaced the host keys; a VM killed before the guest's
+# page cache reached the disk would boot without any (sshd: no hostkeys).
+sync
 """

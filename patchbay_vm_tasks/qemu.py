@@ -229,7 +229,9 @@ def choose_accel(qemu_bin: str, requested: str, arch: str) -> tuple[str, list[st
         if why_not is None:
             return accel, notes
         if requested != "auto":
-            return accel, [f"{accel} failed a test boot ({why_not}); using it as QEMU_VM_ACCEL asks"]
+            return accel, [
+                f"{accel} failed a test boot ({why_not}); using it as QEMU_VM_ACCEL asks"
+            ]
         notes.append(f"{accel} is present but cannot boot a guest here ({why_not}); falling back")
     return "tcg", notes
 

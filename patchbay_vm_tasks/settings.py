@@ -145,7 +145,9 @@ def resolve(
     port_explicit = False
     for key, raw in (config or {}).items():
         if key not in _SOURCES:
-            raise UsageError(f"invoke config vm.{key}: unknown setting (known: {', '.join(_SOURCES)})")
+            raise UsageError(
+                f"invoke config vm.{key}: unknown setting (known: {', '.join(_SOURCES)})"
+            )
         if raw is not None:
             values[key] = _convert(key, raw, f"invoke config vm.{key}")
             port_explicit |= key == "ssh_port"

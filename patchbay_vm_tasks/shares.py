@@ -118,7 +118,8 @@ def start_virtiofsd(daemon: Virtiofsd, share: Share, log: Path, timeout: float =
         if proc.poll() is not None:
             tail = log.read_text(errors="replace").strip().splitlines()[-5:]
             raise VmUnavailable(
-                f"virtiofsd for {share.host_path} exited with {proc.returncode}:\n" + "\n".join(tail)
+                f"virtiofsd for {share.host_path} exited with {proc.returncode}:\n"
+                + "\n".join(tail)
             )
         time.sleep(0.05)
     proc.kill()
@@ -149,9 +150,7 @@ def mount_script(mounts: list[tuple[str, Path, str]], fs_mode: str, user: str) -
         else:
             fstype = "virtiofs"
         g = shlex.quote(guest)
-        lines.append(
-            f"mkdir -p {g}; mountpoint -q {g} || mount -t {fstype} -o {opts} {tag} {g}"
-        )
+        lines.append(f"mkdir -p {g}; mountpoint -q {g} || mount -t {fstype} -o {opts} {tag} {g}")
     # /work must be writable by the guest user too, whatever uid owns it on the host.
     u = shlex.quote(user)
     lines.append(f"su -s /bin/sh {u} -c 'test -w /work' || chmod a+rwx /work")

@@ -1,0 +1,98 @@
+"""`patchbay-vm`: the Rust tool's command line, translated onto the same Invoke tasks.
+
+patchbay-vm up [--recreate]        -> vm.up
+patchbay-vm down|status|cleanup    -> vm.down|vm.status|vm.cleanup
+patchbay-vm ssh [--] CMD...        -> vm.ssh -- CMD...
+patchbay-vm run SIM... [flags]     -> sim.run --file SIM... [flags]
+patchbay-vm test [FILTER] [flags] [-- ARGS]  -> test.run [FILTER] [flags] -- ARGS
+"""
+
+from __future__ import annotations
+
+import sys
+
+from invoke import Program
+
+from .errors import EXIT_USAGE
+from .tasks import namespace
+from .tasks.common import set_remainder
+
+SIMPLE = {"up": "vm.up", "down": "vm.down", "status": "vm.status", "cleanup": "vm.cleanup"}
+# Flags that take a value, per command: everything else without one is positional.
+RUN_VALUE_FLAGS = {"--work-dir", "--binary", "--patchbay-version"}
+TEST_VALUE_FLAGS = {"--target", "--package", "-p", "--test", "--jobs", "-j", "--features", "-F"}
+
+USAGE = """usage: patchbay-vm <command> [args]
+
+commands:
+  up [--recreate]          boot the VM, or reuse the running one
+  down                     shut the VM down
+  status [--json]          show the VM's state (exit 3 when not running)
+  cleanup                  remove stale files and helpers of a dead VM
+  ssh [-- CMD ARGS...]     run a command in the guest; no command: a shell
+  run SIM... [flags]       run sims in the guest (see `patchbay-vm run --help`)
+  test [FILTER] [flags] [-- ARGS]
+                           build Rust tests and run them in the guest
+
+Settings come from QEMU_VM_* variables and the `vm:` section of invoke.yaml.
+"""
+
+
+def split_positionals(args: list[str], value_flags: set[str]) -> tuple[list[str], list[str]]:
+    """(positional args, flag args) of `args`, knowing which flags take a value."""
+    positionals, flags = [], []
+    it = iter(args)
+    for arg in it:
+        if arg.startswith("-") and arg != "-":
+            flags.append(arg)
+            if arg in value_flags:
+                flags.append(next(it, ""))
+        else:
+            positionals.append(arg)
+    return positionals, flags
+
+
+def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """(Invoke argv after the program name, the `--` remainder) for a patchbay-vm argv."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        return [], None
+    command, rest = argv[0], argv[1:]
+    after: list[str] | None = None
+    if "--" in rest:
+        i = rest.index("--")
+        rest, after = rest[:i], rest[i + 1 :]
+    if command in SIMPLE:
+        return [SIMPLE[command], *rest], None
+    if command == "ssh":
+        if "--help" in rest or "-h" in rest:
+            return ["--help", "vm.ssh"], None
+        # `ssh -- CMD` as the guide writes it; `ssh CMD` works too.
+        return ["vm.ssh"], (after if after is not None else rest)
+    if command == "run":
+        if "--help" in rest or "-h" in rest:
+            return ["--help", "sim.run"], None
+        sims, flags = split_positionals(rest, RUN_VALUE_FLAGS)
+        return ["sim.run", *[x for sim in sims for x in ("--file", sim)], *flags], None
+    if command == "test":
+        if "--help" in rest or "-h" in rest:
+            return ["--help", "test.run"], None
+        positionals, flags = split_positionals(rest, TEST_VALUE_FLAGS)
+        if len(positionals) > 1:
+            raise SystemExit(f"patchbay-vm test: one FILTER at most, got {positionals}")
+        return ["test.run", *positionals, *flags], after or []
+    raise SystemExit(f"patchbay-vm: unknown command {command!r}\n\n{USAGE}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        invoke_argv, remainder = translate(argv)
+    except SystemExit as e:
+        print(e.code, file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    if not invoke_argv:
+        print(USAGE)
+        return
+    set_remainder(remainder)
+    program = Program(namespace=namespace(), name="patchbay-vm", binary="patchbay-vm")
+    program.run(["patchbay-vm", *invoke_argv])

@@ -1,0 +1,54 @@
+"""Shared fixtures: a local HTTP server (standing in for the Debian and GitHub servers,
+which this machine cannot reach) and the one booted VM that VM tests share."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+pytest_plugins = ["vmfixtures"]
+
+
+class Routes(dict):
+    """path -> bytes (200) or (status, headers, bytes). Records the paths asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, Routes]]:
+    """(base URL on 127.0.0.1, routes to fill in)."""
+    routes = Routes()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            routes.requests.append(self.path)
+            entry = routes.get(self.path)
+            if entry is None:
+                entry = (404, {}, b"not found")
+            elif isinstance(entry, bytes):
+                entry = (200, {}, entry)
+            status, headers, body = entry
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,138 @@
+"""The VM that `vm`-marked tests share: booted once per session in a scratch project,
+driven through the real command lines (`invoke ...`, `patchbay-vm ...`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+VM_NAME = "pbtest"
+TIMINGS: dict[str, float] = {}
+
+
+@dataclass
+class VmEnv:
+    project: Path
+    env: dict[str, str]
+    cold_up: subprocess.CompletedProcess | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.project / ".qemu-vm" / self.env["QEMU_VM_NAME"]
+
+    @property
+    def work_dir(self) -> Path:
+        return self.project / ".patchbay-work"
+
+    def invoke(self, *args: str, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+        """`invoke ARGS` in the project, as a user would type it."""
+        return self._run([sys.executable, "-m", "invoke", *args], timeout, env)
+
+    def cli(self, *args: str, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
+        """`patchbay-vm ARGS` in the project."""
+        return self._run([sys.executable, "-m", "patchbay_vm_tasks", *args], timeout, env)
+
+    def _run(self, argv: list[str], timeout: float, env: dict) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            argv,
+            cwd=self.project,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def status(self) -> dict:
+        out = self.invoke("vm.status", "--json")
+        return json.loads(out.stdout)
+
+
+def vm_env(project: Path, name: str = VM_NAME, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QEMU_VM_")}
+    env.update(
+        QEMU_VM_NAME=name,
+        QEMU_VM_CPUS="2",
+        QEMU_VM_MEM_MB="2048",
+        QEMU_VM_DISK_GB="8",
+        # The official image cannot be downloaded here; build the guest from the mirror.
+        QEMU_VM_IMAGE_URL="debian:trixie",
+        NO_COLOR="1",
+        COLUMNS="200",
+    )
+    env.update(overrides)
+    return env
+
+
+def make_project(root: Path) -> Path:
+    """A scratch project: the repository's tasks.py, nothing else."""
+    root.mkdir(parents=True, exist_ok=True)
+    # pytest makes its folders 0700; a project dir is normally readable by others, and
+    # the guest user (uid 1000) only sees what the host's permissions allow.
+    root.chmod(0o755)
+    shutil.copy(REPO / "tasks.py", root / "tasks.py")
+    return root
+
+
+def hold_port(port: int) -> socket.socket | None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+        s.listen(1)
+        return s
+    except OSError:
+        s.close()
+        return None
+
+
+@pytest.fixture(scope="session")
+def vm_session(tmp_path_factory: pytest.TempPathFactory):
+    """Boot the shared VM once. The default SSH port is held busy meanwhile, so the
+    cold boot also shows the free-port fallback (SPEC 9.8)."""
+    project = make_project(tmp_path_factory.mktemp("project"))
+    env = VmEnv(project, vm_env(project))
+    blocker = hold_port(2222)
+    try:
+        started = time.monotonic()
+        env.cold_up = env.invoke("vm.up")
+        TIMINGS["cold vm.up (s)"] = round(time.monotonic() - started, 1)
+    finally:
+        if blocker:
+            blocker.close()
+    env.extra["port_was_held"] = blocker is not None
+    assert env.cold_up.returncode == 0, env.cold_up.stderr
+    yield env
+    env.invoke("vm.down", timeout=120)
+
+
+@pytest.fixture
+def vm(vm_session: VmEnv) -> VmEnv:
+    """The shared VM, running (tests that stop it leave it to be booted again here)."""
+    if not vm_session.status()["running"]:
+        out = vm_session.invoke("vm.up")
+        assert out.returncode == 0, out.stderr
+    return vm_session
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if TIMINGS:
+        terminalreporter.section("VM timings (this machine)")
+        for k, v in TIMINGS.items():
+            terminalreporter.write_line(f"{k}: {v}")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    # Tests that stop or restart the shared VM run last, so the others share one boot.
+    items.sort(key=lambda item: item.get_closest_marker("restarts_vm") is not None)
