@@ -76,13 +76,22 @@ def vm_env(project: Path, name: str = VM_NAME, **overrides: str) -> dict[str, st
     return env
 
 
-def make_project(root: Path) -> Path:
-    """A scratch project: the repository's tasks.py, nothing else."""
+def make_project(root: Path, crate: bool = False) -> Path:
+    """A scratch project: the repository's tasks.py and sample sims; with `crate`, also
+    the fixture Cargo project at its top, so `test.run` has tests to build."""
     root.mkdir(parents=True, exist_ok=True)
     # pytest makes its folders 0700; a project dir is normally readable by others, and
     # the guest user (uid 1000) only sees what the host's permissions allow.
     root.chmod(0o755)
     shutil.copy(REPO / "tasks.py", root / "tasks.py")
+    shutil.copytree(REPO / "sims", root / "sims", dirs_exist_ok=True)
+    if crate:
+        shutil.copytree(
+            REPO / "tests" / "fixtures" / "testcrate",
+            root,
+            ignore=shutil.ignore_patterns("target"),
+            dirs_exist_ok=True,
+        )
     return root
 
 
@@ -101,7 +110,7 @@ def hold_port(port: int) -> socket.socket | None:
 def vm_session(tmp_path_factory: pytest.TempPathFactory):
     """Boot the shared VM once. The default SSH port is held busy meanwhile, so the
     cold boot also shows the free-port fallback (SPEC 9.8)."""
-    project = make_project(tmp_path_factory.mktemp("project"))
+    project = make_project(tmp_path_factory.mktemp("project"), crate=True)
     env = VmEnv(project, vm_env(project))
     blocker = hold_port(2222)
     try:

@@ -1,0 +1,63 @@
+"""test.run against the shared guest: the fixture crate, built for the gnu target
+(the musl target cannot be installed on this machine)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from vmfixtures import TIMINGS, VmEnv
+
+pytestmark = pytest.mark.vm
+GNU = "x86_64-unknown-linux-gnu"
+
+
+def test_passing_run(vm: VmEnv) -> None:
+    started = time.monotonic()
+    out = vm.invoke("test.run", "--target", GNU, "--no-fail-fast")
+    TIMINGS["test.run build+run, warm VM (s)"] = round(time.monotonic() - started, 1)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert "PASS testcrate::net (test)" in lines
+    assert any(line.startswith("PASS testcrate") and "lib" in line for line in lines)
+    assert re.fullmatch(r"\d+ passed, 0 failed", lines[-1])
+    # The namespace test ran, as the guest user, inside a fresh user+net namespace.
+    assert "test netns_veth ... ok" in out.stdout
+    assert (vm.work_dir / "binaries" / "tests").stat().st_mode & 0o777 == 0o777
+
+
+def test_filter_and_args_after_double_dash(vm: VmEnv) -> None:
+    out = vm.invoke("test.run", "passing", "--target", GNU, "--test", "net", "--",
+                    "--nocapture", "--test-threads=1")  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "test passing ... ok" in out.stdout
+    assert "netns_veth" not in out.stdout  # filtered out
+    assert 'testcrate args: ["passing", "--nocapture", "--test-threads=1"]' in out.stdout
+    assert out.stdout.splitlines()[-1] == "1 passed, 0 failed"
+
+
+def test_failing_test_fails_the_task(vm: VmEnv) -> None:
+    out = vm.cli("test", "--target", GNU, "-F", "failing", "--test", "net")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL testcrate::net (test)" in out.stdout
+    assert "deliberately_fails" in out.stdout
+    assert out.stdout.splitlines()[-1] == "0 passed, 1 failed"
+
+
+def test_sudo_runs_as_root(vm: VmEnv) -> None:
+    out = vm.invoke("test.run", "netns", "--target", GNU, "--test", "net", "--sudo")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1] == "1 passed, 0 failed"
+
+
+def test_build_failure_shows_cargo_and_runs_nothing(vm: VmEnv) -> None:
+    broken = vm.project / "tests" / "broken.rs"
+    broken.write_text("#[test]\nfn nope() { let x: u32 = \"no\"; }\n")
+    try:
+        out = vm.invoke("test.run", "--target", GNU)
+    finally:
+        broken.unlink()
+    assert out.returncode == 101, out.stdout + out.stderr
+    assert "mismatched types" in out.stderr
+    assert "PASS" not in out.stdout and "passed," not in out.stdout
