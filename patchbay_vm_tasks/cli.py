@@ -79,7 +79,7 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
         positionals, flags = split_positionals(rest, TEST_VALUE_FLAGS)
         if len(positionals) > 1:
             raise SystemExit(f"patchbay-vm test: one FILTER at most, got {positionals}")
-        return ["test.run", *positionals, *flags], after or []
+        return ["test.run", *[x for f in positionals for x in ("--filter", f)], *flags], after or []
     raise SystemExit(f"patchbay-vm: unknown command {command!r}\n\n{USAGE}")
 
 

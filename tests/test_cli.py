@@ -37,7 +37,7 @@ from patchbay_vm_tasks import cli
         (["test"], ["test.run"], []),
         (
             ["test", "netns", "-p", "patchbay", "--release", "--", "--test-threads=4"],
-            ["test.run", "netns", "-p", "patchbay", "--release"],
+            ["test.run", "--filter", "netns", "-p", "patchbay", "--release"],
             ["--test-threads=4"],
         ),
         (["run", "--help"], ["--help", "sim.run"], None),

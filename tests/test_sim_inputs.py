@@ -56,7 +56,9 @@ def test_bad_input(project: VmEnv, args, message, extra) -> None:
 
 def test_same_binary_declared_differently_by_two_sims(project: VmEnv) -> None:
     _write(project.project, "sims/a.toml", GOOD_SIM + '[[binary]]\nname = "t"\npath = "bin/tool"\n')
-    _write(project.project, "sims/b.toml", GOOD_SIM + '[[binary]]\nname = "t"\nurl = "http://x/t"\n')
+    _write(
+        project.project, "sims/b.toml", GOOD_SIM + '[[binary]]\nname = "t"\nurl = "http://x/t"\n'
+    )
     out = project.invoke("sim.run", "--file", "sims/a.toml", "--file", "sims/b.toml")
     assert out.returncode == 2
     assert "sims/a.toml" in out.stderr and "sims/b.toml" in out.stderr

@@ -7,7 +7,6 @@ import io
 import json
 import tarfile
 import time
-from pathlib import Path
 
 import pytest
 from vmfixtures import REPO, TIMINGS, VmEnv

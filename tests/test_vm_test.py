@@ -28,12 +28,20 @@ def test_passing_run(vm: VmEnv) -> None:
 
 
 def test_filter_and_args_after_double_dash(vm: VmEnv) -> None:
-    out = vm.invoke("test.run", "passing", "--target", GNU, "--test", "net", "--",
+    out = vm.invoke("test.run", "--filter", "passing", "--target", GNU, "--test", "net", "--",
                     "--nocapture", "--test-threads=1")  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "test passing ... ok" in out.stdout
-    assert "netns_veth" not in out.stdout  # filtered out
+    assert "test result: ok. 1 passed; 0 failed" in out.stdout
+    assert "2 filtered out" in out.stdout and "netns_veth" not in out.stdout
     assert 'testcrate args: ["passing", "--nocapture", "--test-threads=1"]' in out.stdout
+    assert out.stdout.splitlines()[-1] == "1 passed, 0 failed"
+
+
+def test_libtest_filter_after_double_dash(vm: VmEnv) -> None:
+    # As with `cargo test -- NAME`: the binaries take a bare filter among their args.
+    out = vm.invoke("test.run", "--target", GNU, "--test", "net", "--", "netns")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "test netns_veth ... ok" in out.stdout and "test passing" not in out.stdout
     assert out.stdout.splitlines()[-1] == "1 passed, 0 failed"
 
 
@@ -46,14 +54,14 @@ def test_failing_test_fails_the_task(vm: VmEnv) -> None:
 
 
 def test_sudo_runs_as_root(vm: VmEnv) -> None:
-    out = vm.invoke("test.run", "netns", "--target", GNU, "--test", "net", "--sudo")
+    out = vm.cli("test", "netns", "--target", GNU, "--test", "net", "--sudo")
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.splitlines()[-1] == "1 passed, 0 failed"
 
 
 def test_build_failure_shows_cargo_and_runs_nothing(vm: VmEnv) -> None:
     broken = vm.project / "tests" / "broken.rs"
-    broken.write_text("#[test]\nfn nope() { let x: u32 = \"no\"; }\n")
+    broken.write_text('#[test]\nfn nope() { let x: u32 = "no"; }\n')
     try:
         out = vm.invoke("test.run", "--target", GNU)
     finally:

@@ -20,11 +20,9 @@ from .common import task_errors
         "work_dir": "Host folder shared as /work, where results land (default .patchbay-work).",
         "binary": "NAME:MODE:VALUE, MODE one of path, fetch, build; stages a binary for the "
         "sims, replacing a sim's own entry of that name. Repeatable.",
-        "patchbay_version": "Runner to use: latest, vX.Y.Z, git:REF or path:FILE "
-        "(default latest).",
+        "patchbay_version": "Runner to use: latest, vX.Y.Z, git:REF or path:FILE (default latest).",
         "verbose": "Pass -v to the runner.",
-        "recreate": "Boot a fresh VM first (needed when --work-dir differs from the running "
-        "VM's).",
+        "recreate": "Boot a fresh VM first (needed when --work-dir differs from the running VM's).",
     },
 )
 def run(

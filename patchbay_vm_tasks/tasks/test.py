@@ -29,9 +29,9 @@ class CargoFlagsTask(Task):
 @task(
     klass=CargoFlagsTask,
     auto_shortflags=False,
-    short_flags={"package": "p", "jobs": "j", "features": "F"},
-    positional=["filter"],
-    optional=[],
+    # Invoke has no optional positional arguments, so FILTER is --filter/-f here
+    # (`patchbay-vm test FILTER` takes it bare).
+    short_flags={"filter": "f", "package": "p", "jobs": "j", "features": "F"},
     iterable=["package", "test", "features"],
     help={
         "filter": "Run only tests whose name contains this (passed to each test binary).",
@@ -49,7 +49,7 @@ class CargoFlagsTask(Task):
 )
 def run(
     c: Context,
-    filter: str = "",
+    filter: str | None = None,
     target: str | None = None,
     package: list[str] | None = None,
     test: list[str] | None = None,
