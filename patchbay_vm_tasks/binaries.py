@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .downloads import download
 from .errors import TaskError, UsageError
-from .runner import copy_executable, download_file, extract_member
+from .files import copy_executable
+from .runner import HTTP_TIMEOUT, extract_member, run_checked
 from .simfiles import load_toml, show_path
 
 OVERRIDE_MODES = ("path", "fetch", "build")
@@ -355,20 +357,8 @@ def choose_kind(metadata: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
-def _run_checked(run: Runner, argv: list[str], what: str, **kwargs: Any) -> Any:
-    try:
-        proc = run(argv, **kwargs)
-    except FileNotFoundError as exc:
-        raise TaskError(f"{what}: {argv[0]} is not installed or not on PATH") from exc
-    if proc.returncode != 0:
-        detail = (getattr(proc, "stderr", None) or "").strip().splitlines()
-        tail = f": {detail[-1]}" if detail else ""
-        raise TaskError(f"{what} failed (exit {proc.returncode}){tail}; ran {' '.join(argv)}")
-    return proc
-
-
 def cargo_metadata(project: Path, run: Runner = subprocess.run) -> dict[str, Any]:
-    proc = _run_checked(
+    proc = run_checked(
         run,
         cargo_metadata_argv(project),
         f"reading the cargo project {project}",
@@ -388,6 +378,18 @@ def _project_dir(path: Path, name: str) -> Path:
             "give the folder that holds it"
         )
     return path
+
+
+def _cargo_build(
+    spec: BinarySpec, target: str, workspace: Path, target_dir: Path, kind: str | None, run: Runner
+) -> Path:
+    """Build one entry with cargo into target_dir; the built file."""
+    argv = cargo_build_argv(spec, target, workspace, target_dir=target_dir, kind=kind)
+    run_checked(run, argv, f"building {spec.name}")
+    built = target_dir / _release_subpath(target, *artifact(spec, kind))
+    if not built.is_file():
+        raise TaskError(f"cargo built {spec.name} but {built} is missing")
+    return built
 
 
 def build_sim_binaries(
@@ -410,11 +412,7 @@ def build_sim_binaries(
                     f"binary {spec.name!r} ({show_path(Path(spec.origin))}): {project} has no "
                     f"example or bin named {spec.name}; set example = or bin = in the entry"
                 )
-        argv = cargo_build_argv(spec, target, workspace, target_dir=target_dir, kind=kind)
-        _run_checked(run, argv, f"building {spec.name}")
-        built = target_dir / _release_subpath(target, *artifact(spec, kind))
-        if not built.is_file():
-            raise TaskError(f"cargo built {spec.name} but {built} is missing")
+        _cargo_build(spec, target, workspace, target_dir, kind, run)
         out.append(f"{spec.name}:path:{guest_target_path(spec, target, kind)}")
     return out
 
@@ -484,7 +482,7 @@ def stage_override(
             raise UsageError(f"{flag}: fetch needs an http:// or https:// URL")
         cached = _fetch_cache_path(spec.value, work_dir)
         if not cached.is_file():
-            download_file(spec.value, cached)
+            download(spec.value, cached, timeout=HTTP_TIMEOUT)
         if _is_tarball(spec.value):
             extract_member(cached, None, dest)
         else:
@@ -503,12 +501,7 @@ def stage_override(
             )
         out_dir = Path(meta.get("target_directory") or project / "target")
         local = BinarySpec(name=spec.name, mode="build", value=str(project))
-        argv = cargo_build_argv(local, target, project, target_dir=out_dir, kind=kind)
-        _run_checked(run, argv, f"building {spec.name}")
-        built = out_dir / _release_subpath(target, kind, spec.name)
-        if not built.is_file():
-            raise TaskError(f"cargo built {spec.name} but {built} is missing")
-        copy_executable(built, dest)
+        copy_executable(_cargo_build(local, target, project, out_dir, kind, run), dest)
     else:
         raise UsageError(f"{flag}: unknown mode {spec.mode!r}; {_OVERRIDE_HELP}")
     return f"{spec.name}:path:{GUEST_BINARIES}/{spec.name}"

@@ -11,9 +11,7 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from .errors import TaskError, UsageError
+from .files import copy_executable
 
 # Where the work dir is mounted in the guest (SPEC 5) and where test binaries land in it.
 GUEST_WORK_DIR = PurePosixPath("/work")
@@ -392,7 +391,7 @@ def _unique_name(name: str, taken: set[str]) -> str:
     return f"{name}-{n}"
 
 
-def _copy_executable(src: Path, dest: Path) -> None:
+def _stage_executable(src: Path, dest: Path) -> None:
     st = src.stat()
     try:
         dst = dest.stat()
@@ -400,18 +399,8 @@ def _copy_executable(src: Path, dest: Path) -> None:
         dst = None
     if dst is not None and (dst.st_size, dst.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
         return  # unchanged since the last run; test binaries can be hundreds of MB
-    # Copy to a temporary name and rename: the guest never sees half a binary, and a binary
-    # still running from an earlier run (ETXTBSY on overwrite) keeps its old inode.
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o755)
-        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Through a temp file and a rename (see files.py); src's mtime makes the check above work.
+    copy_executable(src, dest, keep_times=True)
 
 
 def stage_test_binaries(exes: Sequence[TestExecutable], work_dir: Path) -> list[str]:
@@ -429,6 +418,6 @@ def stage_test_binaries(exes: Sequence[TestExecutable], work_dir: Path) -> list[
     for exe in exes:
         name = _unique_name(exe.path.name, taken)
         taken.add(name)
-        _copy_executable(exe.path, dest_dir / name)
+        _stage_executable(exe.path, dest_dir / name)
         guest_paths.append(str(GUEST_TESTS_DIR / name))
     return guest_paths

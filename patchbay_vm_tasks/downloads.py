@@ -9,64 +9,96 @@ from pathlib import Path
 import requests
 
 from .errors import TaskError
+from .files import temp_beside
 from .ui import download_progress
 
 CHUNK = 1 << 20
 
+# Seconds, or (connect, read) seconds as requests takes them.
+TimeoutSpec = float | tuple[float, float]
+
 
 class Unreachable(TaskError):
-    """The server could not be reached at all (as opposed to answering with an error)."""
+    """The server could not be reached at all (DNS, refused, timeout, connection lost),
+    as opposed to answering with an error."""
 
 
-def fetch_text(url: str, timeout: float = 30) -> str:
+class HttpError(TaskError):
+    """The server answered with an HTTP error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def get(
+    url: str, timeout: TimeoutSpec = 30, *, stream: bool = False, failed: str | None = None
+) -> requests.Response:
+    """GET url, following redirects. No answer at all raises Unreachable; any other
+    request error raises TaskError starting with `failed` (default "download of URL failed")."""
     try:
-        resp = requests.get(url, timeout=timeout)
-    except requests.ConnectionError as e:
+        return requests.get(url, stream=stream, timeout=timeout, allow_redirects=True)
+    except (requests.ConnectionError, requests.Timeout) as e:
         raise Unreachable(f"cannot reach {url}: {e}") from None
     except requests.RequestException as e:
-        raise TaskError(f"download of {url} failed: {e}") from None
+        raise TaskError(f"{failed or f'download of {url} failed'}: {e}") from None
+
+
+def _check_status(url: str, resp: requests.Response) -> None:
     if resp.status_code != 200:
-        raise TaskError(f"download of {url} failed: HTTP {resp.status_code}")
+        raise HttpError(
+            f"download of {url} failed: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
+            resp.status_code,
+        )
+
+
+def fetch_text(url: str, timeout: TimeoutSpec = 30) -> str:
+    resp = get(url, timeout)
+    _check_status(url, resp)
     return resp.text
 
 
-def download(url: str, dest: Path, expect_sha512: str | None = None, timeout: float = 30) -> str:
-    """Download `url` to `dest`; return its sha512 hex digest.
+def download(
+    url: str, dest: Path, expect_sha512: str | None = None, timeout: TimeoutSpec = 30
+) -> str:
+    """Download `url` to `dest` with a progress bar on stderr; return its sha512 hex digest.
 
-    The data goes to a temporary file next to `dest` and is renamed only when it
-    is complete and, if `expect_sha512` is given, matches it. On any failure no
-    file is left behind.
+    The data goes to a temporary file next to `dest` and is renamed only when it is
+    complete (as long as the server said it would be) and, if `expect_sha512` is given,
+    matches it. On any failure no file is left behind. Connection problems raise
+    Unreachable, HTTP error statuses HttpError (with .status), anything else TaskError.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
     digest = hashlib.sha512()
-    try:
-        try:
-            resp = requests.get(url, stream=True, timeout=timeout)
-        except requests.ConnectionError as e:
-            raise Unreachable(f"cannot reach {url}: {e}") from None
-        with resp:
-            if resp.status_code != 200:
-                raise TaskError(f"download of {url} failed: HTTP {resp.status_code}")
-            total = int(resp.headers.get("content-length") or 0) or None
-            with download_progress() as progress, open(tmp, "wb") as out:
-                task = progress.add_task(f"downloading {dest.name}", total=total)
-                for chunk in resp.iter_content(CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    progress.advance(task, len(chunk))
-        got = digest.hexdigest()
-        if expect_sha512 is not None and got != expect_sha512.lower():
-            raise TaskError(
-                f"checksum mismatch for {url}: expected sha512 {expect_sha512[:16]}..., "
-                f"got {got[:16]}...; the file was discarded"
-            )
-        os.replace(tmp, dest)
-        return got
-    except requests.RequestException as e:
-        raise TaskError(f"download of {url} failed: {e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    written = 0
+    with get(url, timeout, stream=True) as resp:
+        _check_status(url, resp)
+        total = int(resp.headers.get("content-length") or 0) or None
+        with temp_beside(dest) as tmp:
+            try:
+                with download_progress() as progress, open(tmp, "wb") as out:
+                    task = progress.add_task(f"downloading {dest.name}", total=total)
+                    for chunk in resp.iter_content(CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        written += len(chunk)
+                        progress.advance(task, len(chunk))
+            except (requests.ConnectionError, requests.Timeout) as e:
+                raise Unreachable(f"download of {url} broke off: {e}") from None
+            except requests.RequestException as e:
+                raise TaskError(f"download of {url} failed: {e}; try again") from None
+            # Content-Length is of the encoded body; only compare when not compressed.
+            if total is not None and not resp.headers.get("content-encoding") and written != total:
+                raise TaskError(
+                    f"download of {url} was cut short ({written} of {total} bytes); try again"
+                )
+            got = digest.hexdigest()
+            if expect_sha512 is not None and got != expect_sha512.lower():
+                raise TaskError(
+                    f"checksum mismatch for {url}: expected sha512 {expect_sha512[:16]}..., "
+                    f"got {got[:16]}...; the file was discarded"
+                )
+            os.replace(tmp, dest)
+    return got
 
 
 def sha512_file(path: Path) -> str:

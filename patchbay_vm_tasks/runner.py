@@ -1,6 +1,6 @@
 """Resolve `--patchbay-version` to a runner binary on the host (SPEC 6.1, 6.2, 9.4).
 
-Also holds the download, safe tar extraction and atomic copy helpers that the binary
+Also holds the safe tar extraction and the checked command run that the binary
 overrides (binaries.py) share.
 """
 
@@ -11,19 +11,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
-import requests
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
+from .downloads import HttpError, Unreachable, download, get
 from .errors import TaskError, UsageError
+from .files import copy_executable, executable_beside
+from .ui import warn
 
 DEFAULT_RELEASE_URL = "https://github.com/n0-computer/patchbay/releases"
 DEFAULT_GIT_URL = "https://github.com/n0-computer/patchbay"
@@ -37,18 +35,6 @@ _TAG_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?$")
 # What a tag taken from a redirect URL may look like before it becomes a folder name.
 _SAFE_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _VERSION_HELP = "use latest, vX.Y.Z (or X.Y.Z), git:REF or path:FILE"
-
-
-class ServerUnreachable(TaskError):
-    """The server did not answer at all (DNS, refused, timeout): distinct from an HTTP error."""
-
-
-class HttpError(TaskError):
-    """The server answered with an HTTP error status."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -116,86 +102,7 @@ def release_asset_url(base_url: str, tag: str, arch: str) -> str:
     return f"{base_url.rstrip('/')}/download/{tag}/{asset_name(arch)}"
 
 
-# ── file helpers ─────────────────────────────────────────────────────────────
-
-
-@contextlib.contextmanager
-def _temp_beside(dest: Path) -> Iterator[Path]:
-    """A temp file in dest's folder (same filesystem, so os.replace is atomic).
-
-    Removed on any failure, so an interrupted write leaves nothing half-written.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def copy_executable(src: Path, dest: Path) -> Path:
-    """Copy src to dest with mode 0755 through a temp file and a rename."""
-    with _temp_beside(dest) as tmp:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, dest)
-    return dest
-
-
-def _stderr_console() -> Console:
-    return Console(stderr=True)
-
-
-def download_file(url: str, dest: Path, *, timeout: tuple[float, float] = HTTP_TIMEOUT) -> Path:
-    """Stream url to dest with a progress bar on stderr; dest appears only when complete.
-
-    Connection problems raise ServerUnreachable, HTTP errors HttpError, short reads TaskError.
-    """
-    try:
-        resp = requests.get(url, stream=True, timeout=timeout, allow_redirects=True)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise ServerUnreachable(f"cannot reach {url}: {exc}") from exc
-    except requests.RequestException as exc:
-        raise TaskError(f"download of {url} failed: {exc}") from exc
-    with resp:
-        if resp.status_code >= 400:
-            raise HttpError(
-                f"download of {url} failed: HTTP {resp.status_code} {resp.reason or ''}".rstrip(),
-                resp.status_code,
-            )
-        total = int(resp.headers.get("Content-Length") or 0) or None
-        written = 0
-        with _temp_beside(dest) as tmp:
-            progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=_stderr_console(),
-                transient=True,
-            )
-            try:
-                with progress, open(tmp, "wb") as out:
-                    task = progress.add_task(f"download {dest.name}", total=total)
-                    for chunk in resp.iter_content(chunk_size=1 << 16):
-                        out.write(chunk)
-                        written += len(chunk)
-                        progress.update(task, advance=len(chunk))
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise ServerUnreachable(f"download of {url} broke off: {exc}") from exc
-            except requests.RequestException as exc:
-                raise TaskError(f"download of {url} failed: {exc}; try again") from exc
-            # Content-Length is of the encoded body; only compare when not compressed.
-            if total is not None and not resp.headers.get("Content-Encoding") and written != total:
-                raise TaskError(
-                    f"download of {url} was cut short ({written} of {total} bytes); try again"
-                )
-            os.replace(tmp, dest)
-    return dest
+# ── archives ─────────────────────────────────────────────────────────────────
 
 
 def _member_problem(member: tarfile.TarInfo) -> str | None:
@@ -247,11 +154,8 @@ def extract_member(tar_path: Path, name_wanted: str | None, dest: Path) -> Path:
             src = tf.extractfile(chosen)
             if src is None:  # cannot happen for a regular file, but keep mypy and us honest
                 raise TaskError(f"cannot read {chosen.name!r} from {tar_path}")
-            with src, _temp_beside(dest) as tmp:
-                with open(tmp, "wb") as out:
-                    shutil.copyfileobj(src, out, 1 << 20)
-                os.chmod(tmp, 0o755)
-                os.replace(tmp, dest)
+            with src, executable_beside(dest) as tmp, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise TaskError(f"cannot unpack {tar_path}: {exc}; download it again") from exc
     return dest
@@ -271,15 +175,10 @@ def cached_runner_path(work_dir: Path, tag: str) -> Path:
 def resolve_latest_tag(base_url: str, *, timeout: tuple[float, float] = HTTP_TIMEOUT) -> str:
     """Ask the release server which tag `latest` is now (GitHub redirects to .../tag/vX.Y.Z)."""
     url = f"{base_url.rstrip('/')}/latest"
-    try:
-        resp = requests.get(url, stream=True, timeout=timeout, allow_redirects=True)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise ServerUnreachable(f"cannot reach {url}: {exc}") from exc
-    except requests.RequestException as exc:
-        raise TaskError(f"cannot ask {url} for the latest release: {exc}") from exc
-    with resp:
+    failed = f"cannot ask {url} for the latest release"
+    with get(url, timeout, stream=True, failed=failed) as resp:
         if resp.status_code >= 400:
-            raise TaskError(f"cannot ask {url} for the latest release: HTTP {resp.status_code}")
+            raise TaskError(f"{failed}: HTTP {resp.status_code}")
         final = resp.url
     match = re.search(r"/tag/([^/?#]+)/?(?:[?#].*)?$", final)
     tag = unquote(match.group(1)) if match else ""
@@ -302,7 +201,7 @@ def fetch_release(tag: str, work_dir: Path, arch: str, base_url: str) -> Path:
     url = release_asset_url(base_url, tag, arch)
     archive = dest.parent / asset_name(arch)
     try:
-        download_file(url, archive)
+        download(url, archive, timeout=HTTP_TIMEOUT)
         extract_member(archive, RUNNER_NAME, dest)
     except HttpError as exc:
         if exc.status == 404:
@@ -343,18 +242,11 @@ def newest_cached_runner(work_dir: Path) -> tuple[str, Path] | None:
     return max(found, key=lambda item: (_version_key(item[0]), item[1].stat().st_mtime))
 
 
-def _warn(message: str) -> None:
-    try:
-        _stderr_console().print(f"[bold yellow]WARNING:[/] {message}", highlight=False)
-    except Exception:  # a broken terminal must not hide the warning
-        print(f"WARNING: {message}", file=sys.stderr)
-
-
 def _resolve_latest(work_dir: Path, arch: str, base_url: str) -> Path:
     try:
         tag = resolve_latest_tag(base_url)
         return fetch_release(tag, work_dir, arch, base_url)
-    except ServerUnreachable as exc:
+    except Unreachable as exc:
         cached = newest_cached_runner(work_dir)
         if cached is None:
             raise TaskError(
@@ -363,7 +255,7 @@ def _resolve_latest(work_dir: Path, arch: str, base_url: str) -> Path:
                 "patchbay binary, or git:REF, or set PATCHBAY_RELEASE_URL to a reachable mirror"
             ) from exc
         tag, path = cached
-        _warn(
+        warn(
             f"cannot reach the patchbay release server ({exc}); using the cached runner "
             f"{tag} from {path}, which may not be the latest release. "
             "Pin a version with --patchbay-version to silence this."
@@ -435,13 +327,18 @@ def git_built_runner_path(src_dir: Path, musl_target: str) -> Path:
 Runner = Callable[..., subprocess.CompletedProcess]
 
 
-def _check(run: Runner, argv: list[str], what: str) -> None:
+def run_checked(run: Runner, argv: list[str], what: str, **kwargs: Any) -> Any:
+    """run(argv, **kwargs); a missing program or a non-zero exit raises TaskError naming
+    `what`, the exit code, the last line of captured stderr (if any) and the command."""
     try:
-        proc = run(argv)
+        proc = run(argv, **kwargs)
     except FileNotFoundError as exc:
         raise TaskError(f"{what}: {argv[0]} is not installed or not on PATH") from exc
     if proc.returncode != 0:
-        raise TaskError(f"{what} failed (exit {proc.returncode}): {' '.join(argv)}")
+        detail = (getattr(proc, "stderr", None) or "").strip().splitlines()
+        tail = f": {detail[-1]}" if detail else ""
+        raise TaskError(f"{what} failed (exit {proc.returncode}){tail}; ran {' '.join(argv)}")
+    return proc
 
 
 def build_from_git(
@@ -457,19 +354,19 @@ def build_from_git(
     src = git_src_dir(work_dir)
     if not (src / ".git").exists():
         src.parent.mkdir(parents=True, exist_ok=True)
-        _check(run, git_clone_argv(url, src), f"cloning {url}")
+        run_checked(run, git_clone_argv(url, src), f"cloning {url}")
     for argv in git_fetch_argvs(url, src):
-        _check(run, argv, f"fetching {url}")
+        run_checked(run, argv, f"fetching {url}")
     for candidate in git_ref_candidates(ref):
         if run(git_verify_argv(src, candidate)).returncode == 0:
-            _check(run, git_checkout_argv(src, candidate), f"checking out {candidate}")
+            run_checked(run, git_checkout_argv(src, candidate), f"checking out {candidate}")
             break
     else:
         raise UsageError(
             f"git ref {ref!r} is not a branch, tag or commit of {url}; "
             "pass an existing one, e.g. --patchbay-version git:main"
         )
-    _check(run, cargo_runner_build_argv(src, musl_target), "building patchbay")
+    run_checked(run, cargo_runner_build_argv(src, musl_target), "building patchbay")
     built = git_built_runner_path(src, musl_target)
     if not built.is_file():
         raise TaskError(f"cargo reported success but {built} is missing")
@@ -521,7 +418,7 @@ def resolve_runner(
         return _resolve_latest(work_dir, arch, base)
     try:
         return fetch_release(source.value, work_dir, arch, base)
-    except ServerUnreachable as exc:
+    except Unreachable as exc:
         raise TaskError(
             f"cannot download patchbay {source.value} ({exc}); pass --patchbay-version "
             "path:FILE with a patchbay binary, or set PATCHBAY_RELEASE_URL to a reachable mirror"

@@ -6,6 +6,8 @@ everything about progress goes to stderr.
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -24,7 +26,10 @@ def say(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    console.print(f"warning: {message}", style="bold yellow", markup=False)
+    try:
+        console.print(f"WARNING: {message}", style="bold yellow", markup=False)
+    except Exception:  # a broken terminal must not hide the warning
+        print(f"WARNING: {message}", file=sys.stderr)
 
 
 def download_progress() -> Progress:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import runner
+from patchbay_vm_tasks import downloads, runner
 from patchbay_vm_tasks.errors import TaskError, UsageError
 from patchbay_vm_tasks.runner import RunnerSource
 
@@ -337,8 +337,8 @@ def test_missing_release_is_404_error(tmp_path: Path, server: ReleaseServer) -> 
 def test_http_error_names_url_and_status(tmp_path: Path, server: ReleaseServer) -> None:
     server.routes["/boom"] = (500, {}, b"oops")
     url = server.base.replace("/releases", "/boom")
-    with pytest.raises(runner.HttpError) as err:
-        runner.download_file(url, tmp_path / "x")
+    with pytest.raises(downloads.HttpError) as err:
+        downloads.download(url, tmp_path / "x")
     assert url in str(err.value)
     assert "HTTP 500" in str(err.value)
     assert err.value.status == 500
@@ -348,7 +348,7 @@ def test_http_error_names_url_and_status(tmp_path: Path, server: ReleaseServer) 
 def test_short_download_leaves_nothing(tmp_path: Path, server: ReleaseServer) -> None:
     server.routes["/short"] = (200, {"Content-Length": "100000"}, b"only a little")
     with pytest.raises(TaskError):
-        runner.download_file(server.base.replace("/releases", "/short"), tmp_path / "x")
+        downloads.download(server.base.replace("/releases", "/short"), tmp_path / "x")
     assert list(tmp_path.iterdir()) == []
 
 
