@@ -20,7 +20,7 @@ from patchbay_vm_tasks.binaries import BinarySpec
 from patchbay_vm_tasks.errors import TaskError, UsageError
 
 # The compatibility corpus lies beside the repo, in shared/; it is read, never copied.
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay"
+CORPUS = (Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay").resolve()
 MUSL = "x86_64-unknown-linux-musl"
 
 

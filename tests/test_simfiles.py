@@ -13,7 +13,7 @@ from patchbay_vm_tasks import simfiles
 from patchbay_vm_tasks.errors import UsageError
 
 # The compatibility corpus lies beside the repo, in shared/; it is read, never copied.
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay"
+CORPUS = (Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay").resolve()
 CORPUS_SIMS = [
     "iperf-1to1-public.toml",
     "iperf-1to1-udp.toml",
