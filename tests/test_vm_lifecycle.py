@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -190,3 +192,61 @@ def _alive(pid: int) -> bool:
         return bool(open(f"/proc/{pid}/cmdline").read())  # empty for a zombie
     except FileNotFoundError:
         return False
+
+
+def test_two_concurrent_ups_boot_one_9p_vm(tmp_path) -> None:
+    # A second VM, booted because this test is about booting: with 9p (the fallback
+    # when no virtiofsd is usable), and raced by two `vm.up` at once (SPEC 9.12).
+    project = make_project(tmp_path / "p")
+    env = VmEnv(project, vm_env(project, name="ninep", QEMU_VM_FS="9p"))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "invoke", "vm.up"],
+            cwd=project, env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, stdin=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=900) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        booted = [err for _out, err in outs if "is up after" in err]
+        reused = [out for out, _err in outs if "is running" in out]
+        assert len(booted) == 1 and len(reused) == 1, outs
+        info = env.status()
+        assert info["fs_mode"] == "9p"
+        script = (
+            "mount | grep -c ' type 9p '; echo hi > /work/ninep.txt; "
+            "sudo touch /app/nope 2>&1; cat /app/tasks.py | head -1"
+        )
+        out = env.invoke("vm.ssh", "--", "sh", "-c", script)
+        assert out.stdout.splitlines()[0] == "3", out.stdout + out.stderr
+        assert "Read-only file system" in out.stdout
+        assert (env.work_dir / "ninep.txt").read_text() == "hi\n"
+        assert not (project / "nope").exists()
+    finally:
+        env.invoke("vm.down", timeout=120)
+
+
+def test_ssh_without_a_command_opens_a_shell(vm: VmEnv) -> None:
+    # A real terminal: the task hands over to `ssh -t` with the pinned key.
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the task, on the pty
+        os.chdir(vm.project)
+        os.execve(sys.executable, [sys.executable, "-m", "invoke", "vm.ssh"], vm.env)
+    os.write(fd, b"echo marker-$((6*7)); exit 4\n")
+    output = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the pty closes when the shell exits
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert b"marker-42" in output, output
+    assert os.waitstatus_to_exitcode(status) == 4

@@ -1,0 +1,136 @@
+"""Shares: virtiofsd flavours (SPEC 9.3), the fs mode choice, the guest mount script;
+the SSH port choice; a lost guest connection."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from patchbay_vm_tasks import guest, lifecycle, shares
+from patchbay_vm_tasks.errors import VmUnavailable
+from patchbay_vm_tasks.qemu import Share
+
+RUST_HELP = "Usage: virtiofsd [OPTIONS]\n  --shared-dir <SHARED_DIR>\n  --readonly\n"
+C_HELP = "usage: virtiofsd [options]\n    -o source=PATH             shared directory tree\n"
+
+
+def fake_daemon(tmp_path: Path, name: str, help_text: str) -> str:
+    path = tmp_path / name
+    path.write_text(f"#!/bin/sh\ncat <<'EOF'\n{help_text}EOF\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_detects_the_rust_flavour(tmp_path) -> None:
+    d = shares.detect_flavour(fake_daemon(tmp_path, "rust", RUST_HELP))
+    assert d and d.flavour == "rust" and d.readonly_flag
+
+
+def test_detects_the_c_flavour(tmp_path) -> None:
+    d = shares.detect_flavour(fake_daemon(tmp_path, "c", C_HELP))
+    assert d and d.flavour == "c"
+
+
+def test_something_else_is_not_a_virtiofsd(tmp_path) -> None:
+    assert shares.detect_flavour(fake_daemon(tmp_path, "x", "hello\n")) is None
+    assert shares.detect_flavour(str(tmp_path / "missing")) is None
+
+
+def test_flag_sets_per_flavour() -> None:
+    share = Share("app", Path("/proj"), True, socket=Path("/s/virtiofs-app.sock"))
+    rust = shares.virtiofsd_argv(shares.Virtiofsd("/v", "rust", readonly_flag=True), share)
+    assert rust == [
+        "/v", "--socket-path=/s/virtiofs-app.sock", "--shared-dir=/proj",
+        "--cache=auto", "--sandbox=none", "--readonly",
+    ]  # fmt: skip
+    c = shares.virtiofsd_argv(shares.Virtiofsd("/v", "c"), share)
+    assert c == [
+        "/v", "--socket-path=/s/virtiofs-app.sock",
+        "-o", "source=/proj", "-o", "cache=auto", "-o", "sandbox=chroot",
+    ]  # fmt: skip
+    assert not any(a.startswith("--shared-dir") for a in c)
+
+
+@pytest.mark.parametrize(
+    ("requested", "help_text", "expected"),
+    [
+        ("auto", RUST_HELP, "virtiofs"),
+        ("auto", "hello\n", "9p"),
+        ("9p", RUST_HELP, "9p"),
+        ("virtiofs", RUST_HELP, "virtiofs"),
+    ],
+)
+def test_choose_fs_mode(tmp_path, requested, help_text, expected) -> None:
+    daemon = fake_daemon(tmp_path, "d", help_text)
+    mode, found, why = shares.choose_fs_mode(requested, daemon)
+    assert mode == expected
+    assert (found is not None) == (expected == "virtiofs")
+    assert why
+
+
+def test_virtiofs_asked_but_unusable_is_an_error(tmp_path) -> None:
+    with pytest.raises(VmUnavailable, match="QEMU_VM_FS=virtiofs, but"):
+        shares.choose_fs_mode("virtiofs", fake_daemon(tmp_path, "d", "hello\n"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the C virtiofsd is only usable as root")
+def test_the_c_flavour_is_used_as_root(tmp_path) -> None:
+    mode, found, _ = shares.choose_fs_mode("auto", fake_daemon(tmp_path, "c", C_HELP))
+    assert mode == "virtiofs" and found and found.flavour == "c"
+
+
+@pytest.mark.parametrize("fs_mode", ["virtiofs", "9p"])
+def test_mount_script_is_valid_shell_and_mounts_each_share(fs_mode) -> None:
+    mounts = [
+        ("/app", Path("/p"), "ro"),
+        ("/target", Path("/p/t"), "ro"),
+        ("/work", Path("/w"), "rw"),
+    ]
+    script = shares.mount_script(mounts, fs_mode, "dev")
+    subprocess.run(["sh", "-n", "-c", script], check=True)
+    fstype = "9p" if fs_mode == "9p" else "virtiofs"
+    assert f"mount -t {fstype} -o ro" in script and "app /app" in script
+    assert "target /target" in script and "work /work" in script
+    assert script.count("mountpoint -q") == 3
+    if fs_mode == "9p":
+        assert "trans=virtio" in script
+
+
+def test_free_default_port_is_kept_and_busy_one_replaced() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        busy = held.getsockname()[1]
+        other = lifecycle.pick_ssh_port(busy, explicit=False)
+        assert other != busy and lifecycle.port_is_free(other)
+        with pytest.raises(VmUnavailable, match=f"SSH port {busy} .* is in use"):
+            lifecycle.pick_ssh_port(busy, explicit=True)
+    assert lifecycle.pick_ssh_port(other, explicit=True) == other
+
+
+def test_a_lost_guest_is_a_transport_error_not_a_failed_command(tmp_path) -> None:
+    # Nothing listens on port 9: the same as a VM that died under a running task.
+    (tmp_path / "kh").write_text("")
+    conn = guest.connection(9, "dev", tmp_path / "nokey", tmp_path / "kh")
+    with pytest.raises(VmUnavailable) as e:
+        guest.run_argv(conn, ["true"])
+    assert "lost the connection to the guest" in str(e.value)
+    assert e.value.exit_code == 69
+
+
+def test_status_text() -> None:
+    info = {
+        "name": "vm", "running": True, "pid": 42, "ssh_port": 2222, "ssh_user": "dev",
+        "accel": "tcg", "fs_mode": "9p", "state_dir": "/p/.qemu-vm/vm",
+        "mounts": [{"guest": "/app", "host": "/p", "access": "ro"}],
+    }  # fmt: skip
+    text = lifecycle.format_status(info)
+    assert "state:     running (PID 42)" in text
+    assert "dev@127.0.0.1 port 2222" in text and "fs mode:   9p" in text
+    assert "/app     <- /p (ro)" in text
+    stopped = lifecycle.format_status(info | {"running": False, "pid": None})
+    assert "not running" in stopped and "port" not in stopped
