@@ -68,7 +68,9 @@ def up(settings: VmSettings, recreate: bool = False) -> Vm:
         if pid and record:
             _check_same_mounts(settings, record)
             conn = _connect(state, record)
-            guest.run_root_script(conn, _guest_script(settings, record["fs_mode"]), "mounting")
+            # Provisioned when it booted; only make sure the shares are still mounted.
+            script = shares.mount_script(settings.mounts(), record["fs_mode"], settings.ssh_user)
+            guest.run_root_script(conn, script, "mounting")
             return Vm(settings, record, conn, booted=False)
         _remove_transient(state, record)
         if recreate:
