@@ -141,7 +141,7 @@ def download_verified_image(url: str, cache_dir: Path) -> Path:
         try:
             download(url, path, expect_sha512=expected)
         except Unreachable:
-            raise
+            raise  # the caller may build the image instead
         except TaskError as e:
             raise VmUnavailable(str(e)) from None
     return path

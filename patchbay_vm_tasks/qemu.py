@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -248,15 +247,14 @@ def read_pid(pidfile: Path) -> int | None:
 
 def process_cmdline(pid: int) -> list[str] | None:
     """The command line of `pid`, or None when there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    if os.path.isdir("/proc/self"):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        # Empty for a zombie: dead, whatever its PID file says.
         return raw.decode(errors="replace").split("\0")[:-1] or None
-    except FileNotFoundError:
-        return None
-    except OSError:
-        pass
-    if platform.system() == "Linux":
-        return None
+    # macOS has no /proc.
     out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
     return out.stdout.split() if out.returncode == 0 and out.stdout.strip() else None
 
@@ -275,17 +273,10 @@ def is_ours(pid: int | None, marker: str) -> bool:
 def wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if process_cmdline(pid) is None or _is_zombie(pid):
+        if process_cmdline(pid) is None:
             return True
         time.sleep(0.1)
     return process_cmdline(pid) is None
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
-    except (OSError, IndexError):
-        return False
 
 
 def terminate(pid: int, marker: str, grace: float = 5.0) -> None:

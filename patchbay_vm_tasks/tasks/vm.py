@@ -32,7 +32,8 @@ def down(c: Context) -> None:
         print(lifecycle.down(settings.from_context(c)))
 
 
-@task(help={"json": "Print one JSON object instead of text."})
+# `json_` because `json` would shadow the module; Invoke spells it --json.
+@task(help={"json_": "Print one JSON object instead of text."})
 def status(c: Context, json_: bool = False) -> None:
     """Show name, state, SSH port, accel, fs mode and mounts. Exits 3 when not running."""
     with task_errors():
@@ -58,7 +59,7 @@ def ssh(c: Context) -> None:
         vm = lifecycle.require_running(s)
         if not argv:
             vm.close()
-            _interactive_shell(s, vm.record)
+            return _interactive_shell(s, vm.record)  # does not return
         try:
             result = guest.run_argv(vm.conn, argv)
         finally:
@@ -68,6 +69,7 @@ def ssh(c: Context) -> None:
 
 
 def _interactive_shell(s: settings.VmSettings, record: dict) -> None:
+    """Replace this process with a terminal session in the guest."""
     state = lifecycle.state_of(s)
     ssh_bin = shutil.which("ssh")
     if ssh_bin:
@@ -90,6 +92,4 @@ def _interactive_shell(s: settings.VmSettings, record: dict) -> None:
     raise Exit(code=0)
 
 
-# `--json` on the command line; `json` would shadow the module.
-status.help = {"json_": "Print one JSON object instead of text."}
 vm = Collection("vm", up, down, status, cleanup, ssh)
