@@ -101,3 +101,27 @@ def test_release_download_latest_and_pinned(vm: VmEnv, http_server) -> None:
         assert "contract ok" in out.stdout
         assert f"/r/download/{tag}/{ASSET}" in routes.requests
         assert (vm.work_dir / ".patchbay-cache" / tag / "patchbay").exists()
+
+
+def test_fetched_binary_override(vm: VmEnv, http_server) -> None:
+    # fetch mode: a .tar.gz from a URL (a local server stands in), first file extracted.
+    base, routes = http_server
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        data = b"#!/bin/sh\necho fetched helper\n"
+        info = tarfile.TarInfo("pkg/helper")
+        info.size, info.mode = len(data), 0o755
+        tf.addfile(info, io.BytesIO(data))
+    routes["/dl/helper.tar.gz"] = buf.getvalue()
+    (vm.project / "sims" / "one.toml").write_text('[sim]\nname = "one"\n')
+    out = vm.invoke(
+        "sim.run", "--file", "sims/one.toml",
+        "--binary", f"helper:fetch:{base}/dl/helper.tar.gz",
+        "--patchbay-version", f"path:{RUNNER}",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "binaries=[ helper:path:/work/binaries/helper ]" in out.stdout
+    staged = vm.work_dir / "binaries" / "helper"
+    assert staged.read_bytes() == data and staged.stat().st_mode & 0o111
+    guest = vm.invoke("vm.ssh", "--", "/work/binaries/helper")
+    assert guest.stdout.strip() == "fetched helper"
