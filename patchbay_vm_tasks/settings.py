@@ -6,7 +6,6 @@ Invoke's config files, `QEMU_VM_*` environment variables, task flags.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -143,22 +142,20 @@ def resolve(
     arch = host_arch()
     values = _defaults(arch)
     port_explicit = False
-    for key, raw in (config or {}).items():
-        if key not in _SOURCES:
-            raise UsageError(
-                f"invoke config vm.{key}: unknown setting (known: {', '.join(_SOURCES)})"
-            )
-        if raw is not None:
-            values[key] = _convert(key, raw, f"invoke config vm.{key}")
-            port_explicit |= key == "ssh_port"
-    for key, (var, _kind) in _SOURCES.items():
-        if env.get(var):
-            values[key] = _convert(key, env[var], var)
-            port_explicit |= key == "ssh_port"
-    for key, raw in (flags or {}).items():
-        if raw is not None:
-            values[key] = _convert(key, raw, f"--{key.replace('_', '-')}")
-            port_explicit |= key == "ssh_port"
+    env_layer = {key: env.get(var) for key, (var, _kind) in _SOURCES.items() if env.get(var)}
+    layers = (
+        (config or {}, lambda key: f"invoke config vm.{key}"),
+        (env_layer, lambda key: _SOURCES[key][0]),
+        (flags or {}, lambda key: f"--{key.replace('_', '-')}"),
+    )
+    for layer, origin in layers:
+        for key, raw in layer.items():
+            if key not in _SOURCES:
+                known = ", ".join(_SOURCES)
+                raise UsageError(f"{origin(key)}: unknown setting (known: {known})")
+            if raw is not None:
+                values[key] = _convert(key, raw, origin(key))
+                port_explicit |= key == "ssh_port"
 
     if values["accel"] not in ACCELS:
         raise UsageError(f"QEMU_VM_ACCEL: {values['accel']!r} is not one of {', '.join(ACCELS)}")
@@ -182,25 +179,14 @@ def resolve(
         if values["image_cache_dir"]
         else Path(platformdirs.user_data_dir("patchbay")) / "qemu-images"
     )
+    paths = {"work_dir", "target_dir", "image_cache_dir"}
     return VmSettings(
-        name=values["name"],
-        mem_mb=values["mem_mb"],
-        cpus=values["cpus"],
-        disk_gb=values["disk_gb"],
-        ssh_port=values["ssh_port"],
+        **{k: v for k, v in values.items() if k not in paths},
         ssh_port_explicit=port_explicit,
-        ssh_user=values["ssh_user"],
-        image_url=values["image_url"],
-        qemu_bin=values["qemu_bin"],
-        virtiofsd_bin=values["virtiofsd_bin"],
-        accel=values["accel"],
-        fs_mode=values["fs_mode"],
         project_dir=project,
         work_dir=work,
         target_dir=target,
         image_cache_dir=cache,
-        debian_mirror=values["debian_mirror"],
-        boot_timeout=values["boot_timeout"],
         arch=arch,
     )
 
@@ -230,7 +216,3 @@ def from_context(c: Any, **flags: Any) -> VmSettings:
     prefix = getattr(c.config, "_project_prefix", None)
     project = config.pop("project_dir", None) or (Path(prefix) if prefix else None)
     return resolve(config=config, flags=flags, project_dir=project)
-
-
-def replace(settings: VmSettings, **changes: Any) -> VmSettings:
-    return dataclasses.replace(settings, **changes)
