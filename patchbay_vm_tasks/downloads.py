@@ -39,9 +39,22 @@ def get(
     try:
         return requests.get(url, stream=stream, timeout=timeout, allow_redirects=True)
     except (requests.ConnectionError, requests.Timeout) as e:
-        raise Unreachable(f"cannot reach {url}: {e}") from None
+        raise Unreachable(f"cannot reach {url}: {_reason(e)}") from None
     except requests.RequestException as e:
         raise TaskError(f"{failed or f'download of {url} failed'}: {e}") from None
+
+
+def _reason(error: Exception) -> str:
+    """The innermost cause of a requests error, which is the part a user can act on
+    ("Name or service not known"), without urllib3's pool and retry wrapping."""
+    cause: BaseException = error
+    while cause.__context__ is not None or cause.__cause__ is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    text = str(cause)
+    for arg in getattr(cause, "args", ()):
+        if isinstance(arg, str) and len(arg) < len(text):
+            text = arg
+    return text.split("): ", 1)[-1] if "): " in text else text
 
 
 def _check_status(url: str, resp: requests.Response) -> None:

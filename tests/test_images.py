@@ -125,3 +125,9 @@ def test_build_key_follows_recipe() -> None:
     assert images.build_key("trixie", "amd64") == images.build_key("trixie", "amd64")
     assert images.build_key("trixie", "amd64") != images.build_key("trixie", "arm64")
     assert images.build_key("trixie", "amd64") != images.build_key("forky", "amd64")
+
+
+def test_unreachable_server_gives_the_reason_not_the_pool_internals(tmp_path) -> None:
+    with pytest.raises(images.Unreachable) as e:
+        images.download_verified_image(f"http://127.0.0.1:9/img/{NAME}", tmp_path)
+    assert str(e.value) == "cannot reach http://127.0.0.1:9/img/SHA512SUMS: Connection refused"
