@@ -21,13 +21,14 @@ from rich.progress import (
 console = Console(stderr=True, highlight=False)
 
 
+# soft_wrap: a message stays one line in logs, whatever the terminal width.
 def say(message: str) -> None:
-    console.print(message, markup=False)
+    console.print(message, markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     try:
-        console.print(f"WARNING: {message}", style="bold yellow", markup=False)
+        console.print(f"WARNING: {message}", style="bold yellow", markup=False, soft_wrap=True)
     except Exception:  # a broken terminal must not hide the warning
         print(f"WARNING: {message}", file=sys.stderr)
 

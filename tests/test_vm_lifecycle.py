@@ -250,3 +250,19 @@ def test_ssh_without_a_command_opens_a_shell(vm: VmEnv) -> None:
     _, status = os.waitpid(pid, 0)
     assert b"marker-42" in output, output
     assert os.waitstatus_to_exitcode(status) == 4
+
+
+def test_unreachable_image_server_falls_back_to_the_debian_build(vm_session, capsys) -> None:
+    # The official image cannot be had here; with mmdebstrap present, vm.up builds the
+    # guest instead and says so. The session VM's build is in the cache by now.
+    from patchbay_vm_tasks import images, settings
+
+    cache = settings.resolve(env={}, project_dir=vm_session.project).image_cache_dir
+    base = images.ensure_base_image(
+        "http://127.0.0.1:9/debian-13-generic-amd64.qcow2", cache, "amd64", "http://unused"
+    )
+    assert base.kernel and base.kernel.exists() and base.disk.exists()
+    assert base.disk.parent.name.startswith("debian-trixie-amd64-")
+    err = capsys.readouterr().err
+    assert "cannot reach http://127.0.0.1:9/SHA512SUMS: Connection refused" in err
+    assert "building the guest image from Debian packages instead (debian:trixie)" in err
