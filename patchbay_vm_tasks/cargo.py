@@ -24,6 +24,8 @@ from .files import copy_executable
 # Where the work dir is mounted in the guest (SPEC 5) and where test binaries land in it.
 GUEST_WORK_DIR = PurePosixPath("/work")
 TESTS_SUBDIR = ("binaries", "tests")
+# Beside the tests folder: the names staged last time, so stale ones can be removed.
+STAGED_MANIFEST = ".tests-staged"
 GUEST_TESTS_DIR = GUEST_WORK_DIR.joinpath(*TESTS_SUBDIR)
 
 # cargo's own exit code for failed builds and tests; used when cargo died of a signal.
@@ -409,10 +411,14 @@ def stage_test_binaries(exes: Sequence[TestExecutable], work_dir: Path) -> list[
     The folder is made world-writable (0o777) because tests write output next to
     themselves and run as the guest user or as root. Two executables with the same file
     name get distinct ones (`name`, `name-2`, ...). Paths come back in `exes` order.
+    Binaries staged by an earlier build and not by this one are removed (each build's
+    names carry a new hash, and test binaries can be hundreds of MB); anything else in
+    the folder, such as the tests' own output, is left alone.
     """
     dest_dir = Path(work_dir).joinpath(*TESTS_SUBDIR)
     dest_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(dest_dir, 0o777)  # explicitly: mkdir's mode is cut down by the umask
+    manifest = dest_dir.parent / STAGED_MANIFEST
     taken: set[str] = set()
     guest_paths: list[str] = []
     for exe in exes:
@@ -420,4 +426,9 @@ def stage_test_binaries(exes: Sequence[TestExecutable], work_dir: Path) -> list[
         taken.add(name)
         _stage_executable(exe.path, dest_dir / name)
         guest_paths.append(str(GUEST_TESTS_DIR / name))
+    previous = manifest.read_text().split("\n") if manifest.exists() else []
+    for name in set(previous) - taken - {""}:
+        if "/" not in name:  # the manifest is ours, but a name is never a path
+            (dest_dir / name).unlink(missing_ok=True)
+    manifest.write_text("".join(f"{name}\n" for name in sorted(taken)))
     return guest_paths

@@ -495,3 +495,20 @@ def test_build_with_an_unknown_feature_fails_with_cargos_code() -> None:
         build_tests(TestBuild(HOST_GNU, features=("no-such-feature",)), TESTCRATE, stderr=err)
     assert e.value.exit_code == 101
     assert "no-such-feature" in err.getvalue()
+
+
+def test_stage_removes_binaries_of_an_earlier_build_but_not_test_output(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    old = [_exe(tmp_path / "deps/net-1111", b"old net"), _exe(tmp_path / "deps/lib-2222", b"lib")]
+    stage_test_binaries(old, work)
+    dest = work / "binaries" / "tests"
+    (dest / "output-of-a-test.txt").write_text("keep me")
+    new = [_exe(tmp_path / "deps/net-3333", b"new net"), old[1]]
+    stage_test_binaries(new, work)
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "lib-2222",
+        "net-3333",
+        "output-of-a-test.txt",
+    ]
+    stage_test_binaries([], work)
+    assert sorted(p.name for p in dest.iterdir()) == ["output-of-a-test.txt"]
