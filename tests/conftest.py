@@ -35,9 +35,9 @@ def http_server() -> Iterator[tuple[str, Routes]]:
                 entry = (200, {}, entry)
             status, headers, body = entry
             self.send_response(status)
-            for k, v in headers.items():
+            # A route may claim another length, to play a download cut short.
+            for k, v in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 

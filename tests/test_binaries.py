@@ -9,8 +9,6 @@ import shutil
 import stat
 import subprocess
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -606,41 +604,6 @@ def test_stage_path_relative_to_workspace_when_not_in_cwd(
 # machine cannot reach.
 
 
-class FileServer:
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.files = files
-        self.hits: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                outer.hits.append(self.path)
-                body = outer.files.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                body = body if body is not None else b"not found"
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-
-@pytest.fixture
-def files_server():
-    srv = FileServer({})
-    thread = threading.Thread(
-        target=srv.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
-
-
 def tarball(members: dict[str, bytes], symlink: str | None = None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tf:
@@ -655,10 +618,11 @@ def tarball(members: dict[str, bytes], symlink: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def test_stage_fetch_plain_and_cached(tmp_path: Path, files_server: FileServer) -> None:
-    files_server.files["/dl/tool"] = b"tool binary"
+def test_stage_fetch_plain_and_cached(tmp_path: Path, http_server) -> None:
+    base, routes = http_server
+    routes["/dl/tool"] = b"tool binary"
     work = tmp_path / "work"
-    spec = binaries.parse_override(f"tool:fetch:{files_server.url}/dl/tool")
+    spec = binaries.parse_override(f"tool:fetch:{base}/dl/tool")
     assert binaries.stage_override(spec, work, MUSL, tmp_path, tmp_path) == (
         "tool:path:/work/binaries/tool"
     )
@@ -669,14 +633,15 @@ def test_stage_fetch_plain_and_cached(tmp_path: Path, files_server: FileServer) 
     dest.unlink()
     binaries.stage_override(spec, work, MUSL, tmp_path, tmp_path)
     assert dest.read_bytes() == b"tool binary"
-    assert files_server.hits == ["/dl/tool"]
+    assert routes.requests == ["/dl/tool"]
     assert len(list((work / ".cache" / "fetch").rglob("tool"))) == 1
 
 
-def test_stage_fetch_tarball_takes_first_file(tmp_path: Path, files_server: FileServer) -> None:
-    files_server.files["/dl/tool.tar.gz"] = tarball({"dist/tool": b"T", "dist/README": b"R"})
+def test_stage_fetch_tarball_takes_first_file(tmp_path: Path, http_server) -> None:
+    base, routes = http_server
+    routes["/dl/tool.tar.gz"] = tarball({"dist/tool": b"T", "dist/README": b"R"})
     work = tmp_path / "work"
-    spec = BinarySpec("mytool", "fetch", f"{files_server.url}/dl/tool.tar.gz")
+    spec = BinarySpec("mytool", "fetch", f"{base}/dl/tool.tar.gz")
     binaries.stage_override(spec, work, MUSL, tmp_path, tmp_path)
     assert (work / "binaries" / "mytool").read_bytes() == b"T"
     assert staged(work) == ["mytool"]
@@ -691,12 +656,13 @@ def test_stage_fetch_tarball_takes_first_file(tmp_path: Path, files_server: File
     ],
 )
 def test_stage_fetch_errors(
-    tmp_path: Path, files_server: FileServer, path: str, body, error: type, message: str
+    tmp_path: Path, http_server, path: str, body, error: type, message: str
 ) -> None:
+    base, routes = http_server
     if body is not None:
-        files_server.files[path] = body
+        routes[path] = body
     work = tmp_path / "work"
-    spec = BinarySpec("tool", "fetch", files_server.url + path)
+    spec = BinarySpec("tool", "fetch", base + path)
     with pytest.raises(error) as err:
         binaries.stage_override(spec, work, MUSL, tmp_path, tmp_path)
     assert message in str(err.value)

@@ -8,8 +8,6 @@ import socket
 import stat
 import subprocess
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -67,30 +65,12 @@ def leftovers(folder: Path) -> list[str]:
 
 
 class ReleaseServer:
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
-        self.requests: list[str] = []
-        outer = self
+    """GitHub's release URL layout on the shared local server (conftest's http_server)."""
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                outer.requests.append(self.path)
-                status, headers, body = outer.routes.get(self.path, (404, {}, b"not found"))
-                self.send_response(status)
-                headers = {"Content-Length": str(len(body)), **headers}
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}/releases"
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+    def __init__(self, url: str, routes) -> None:
+        self.routes = routes
+        self.requests = routes.requests
+        self.base = f"{url}/releases"
 
     def publish(self, tag: str, body: bytes, *, latest: bool = True) -> None:
         self.routes[f"/releases/download/{tag}/{ASSET}"] = (200, {}, body)
@@ -100,12 +80,8 @@ class ReleaseServer:
 
 
 @pytest.fixture
-def server():
-    srv = ReleaseServer()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+def server(http_server) -> ReleaseServer:
+    return ReleaseServer(*http_server)
 
 
 @pytest.fixture
