@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from filelock import FileLock
 
+from . import provision
 from .downloads import Unreachable, download, fetch_text, sha512_file
 from .errors import TaskError, UsageError, VmUnavailable
 from .ui import console, say, warn
@@ -43,14 +44,7 @@ GUEST_PACKAGES = [
     "procps",
     "initramfs-tools",
     "zstd",
-    "iproute2",
-    "nftables",
-    "iptables",
-    "iperf3",
-    "iputils-ping",
-    "bridge-utils",
-    "jq",
-    "curl",
+    *provision.PACKAGES.split(),  # the network tools, the same list provisioning installs
 ]
 
 # Files the build writes into the guest tree. Constant text: no user data reaches a shell.
