@@ -3,9 +3,11 @@ which this machine cannot reach) and the one booted VM that VM tests share."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -52,3 +54,25 @@ def http_server() -> Iterator[tuple[str, Routes]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# The patchbay sim corpus lies beside the repo (../shared/sims-from-patchbay); it is read
+# where it lies, never copied into the project.
+CORPUS_SKIP = "sim corpus not found; set PATCHBAY_SIM_CORPUS=/path/to/sims-from-patchbay"
+
+
+def corpus_path() -> Path:
+    """Where the corpus should be: $PATCHBAY_SIM_CORPUS, else <repo>/../shared/...."""
+    env = os.environ.get("PATCHBAY_SIM_CORPUS")
+    if env:
+        return Path(env).expanduser().resolve()
+    return (Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay").resolve()
+
+
+@pytest.fixture
+def corpus_dir() -> Path:
+    """The sim corpus folder; skips the test with a one-line reason when it is absent."""
+    path = corpus_path()
+    if not path.is_dir():
+        pytest.skip(CORPUS_SKIP)
+    return path
