@@ -7,6 +7,7 @@ overrides (binaries.py) share.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import re
 import shutil
@@ -18,10 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from . import __version__, builtin
 from .downloads import HttpError, Unreachable, download, get
-from .errors import TaskError, UsageError
+from .errors import EXIT_UNAVAILABLE, TaskError, UsageError
 from .files import copy_executable, executable_beside
-from .ui import warn
+from .ui import say, warn
 
 DEFAULT_RELEASE_URL = "https://github.com/n0-computer/patchbay/releases"
 DEFAULT_GIT_URL = "https://github.com/n0-computer/patchbay"
@@ -34,15 +36,42 @@ HTTP_TIMEOUT = (15, 120)
 _TAG_RE = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.-]+)?$")
 # What a tag taken from a redirect URL may look like before it becomes a folder name.
 _SAFE_TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-_VERSION_HELP = "use latest, vX.Y.Z (or X.Y.Z), git:REF or path:FILE"
+_VERSION_HELP = "use latest, vX.Y.Z (or X.Y.Z), git:REF, path:FILE or builtin"
+
+
+class RunnerUnavailable(TaskError):
+    """A runner that was asked for by name (a tag, a git ref) could not be obtained."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class RunnerKind(enum.StrEnum):
+    LATEST = "latest"
+    TAG = "tag"
+    GIT = "git"
+    PATH = "path"
+    BUILTIN = "builtin"
 
 
 @dataclass(frozen=True)
 class RunnerSource:
-    """Where the runner comes from. kind: latest | tag | git | path | builtin."""
+    """Where the runner comes from, as `--patchbay-version` says."""
 
-    kind: str
+    kind: RunnerKind
     value: str
+
+
+@dataclass(frozen=True)
+class ResolvedRunner:
+    """The runner to stage: a host file (Rust runner) or, with path None, the builtin one."""
+
+    kind: RunnerKind
+    path: Path | None
+    label: str  # for messages: "builtin 0.2.0", "v0.10.0", "git:main", "path:./patchbay"
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.path is None
 
 
 def parse_version(text: str) -> RunnerSource:
@@ -51,11 +80,11 @@ def parse_version(text: str) -> RunnerSource:
     if not raw:
         raise UsageError(f"--patchbay-version is empty: {_VERSION_HELP}")
     if raw == "latest":
-        return RunnerSource("latest", "latest")
+        return RunnerSource(RunnerKind.LATEST, "latest")
     if raw == "builtin":
-        return RunnerSource("builtin", "")
+        return RunnerSource(RunnerKind.BUILTIN, "")
     if _TAG_RE.match(raw):
-        return RunnerSource("tag", raw if raw.startswith("v") else "v" + raw)
+        return RunnerSource(RunnerKind.TAG, raw if raw.startswith("v") else "v" + raw)
     if raw.startswith("git:"):
         ref = raw[len("git:") :]
         # A leading '-' would be read by git as an option.
@@ -64,12 +93,12 @@ def parse_version(text: str) -> RunnerSource:
                 f"--patchbay-version {raw!r}: git:REF needs a branch, tag or commit "
                 "(no spaces, not starting with '-'), e.g. git:main"
             )
-        return RunnerSource("git", ref)
+        return RunnerSource(RunnerKind.GIT, ref)
     if raw.startswith("path:"):
         path = raw[len("path:") :]
         if not path:
             raise UsageError("--patchbay-version path: needs a file, e.g. path:./patchbay")
-        return RunnerSource("path", path)
+        return RunnerSource(RunnerKind.PATH, path)
     raise UsageError(f"unknown --patchbay-version {raw!r}: {_VERSION_HELP}")
 
 
@@ -242,25 +271,30 @@ def newest_cached_runner(work_dir: Path) -> tuple[str, Path] | None:
     return max(found, key=lambda item: (_version_key(item[0]), item[1].stat().st_mtime))
 
 
-def _resolve_latest(work_dir: Path, arch: str, base_url: str) -> Path:
+def builtin_runner() -> ResolvedRunner:
+    return ResolvedRunner(RunnerKind.BUILTIN, None, f"builtin {__version__}")
+
+
+def _resolve_latest(work_dir: Path, arch: str, base_url: str) -> ResolvedRunner:
     try:
         tag = resolve_latest_tag(base_url)
-        return fetch_release(tag, work_dir, arch, base_url)
+        return ResolvedRunner(RunnerKind.LATEST, fetch_release(tag, work_dir, arch, base_url), tag)
     except Unreachable as exc:
         cached = newest_cached_runner(work_dir)
         if cached is None:
-            raise TaskError(
-                f"cannot reach the patchbay release server ({exc}) and no runner is cached "
-                f"in {_cache_root(work_dir)}; pass --patchbay-version path:FILE with a "
-                "patchbay binary, or git:REF, or set PATCHBAY_RELEASE_URL to a reachable mirror"
-            ) from exc
+            # As the image download falls back to the Debian build: the main job still runs.
+            say(
+                f"cannot reach the patchbay release server ({exc}) and no runner is cached; "
+                f"using the builtin runner ({__version__}) instead"
+            )
+            return builtin_runner()
         tag, path = cached
         warn(
             f"cannot reach the patchbay release server ({exc}); using the cached runner "
             f"{tag} from {path}, which may not be the latest release. "
             "Pin a version with --patchbay-version to silence this."
         )
-        return path
+        return ResolvedRunner(RunnerKind.LATEST, path, tag)
 
 
 # ── git builds ───────────────────────────────────────────────────────────────
@@ -396,40 +430,56 @@ def resolve_runner(
     *,
     repo_url: str | None = None,
     run: Runner = subprocess.run,
-) -> Path:
-    """Host path of the runner that `--patchbay-version` asks for.
+) -> ResolvedRunner:
+    """The runner that `--patchbay-version` asks for; pass it to install_runner().
 
-    Pass the result to install_runner(). musl_target defaults to the arch's musl triple.
+    musl_target defaults to the arch's musl triple. A runner named by tag or git ref
+    that cannot be obtained raises RunnerUnavailable (exit 69); `latest` that cannot be
+    reached falls back to a cached release, else to the builtin runner.
     """
     source = parse_version(version)
     target = musl_target or musl_target_for(arch)
     base = release_base_url(base_url)
-    if source.kind == "builtin":
-        raise UsageError(
-            "the builtin runner is not available yet; use --patchbay-version latest, "
-            "vX.Y.Z, git:REF or path:FILE"
-        )
-    if source.kind == "path":
-        return _user_file(source.value)
-    if source.kind == "git":
-        return build_from_git(source.value, work_dir, target, repo_url=repo_url, run=run)
+    if source.kind is RunnerKind.BUILTIN:
+        return builtin_runner()
+    if source.kind is RunnerKind.PATH:
+        return ResolvedRunner(source.kind, _user_file(source.value), f"path:{source.value}")
+    if source.kind is RunnerKind.GIT:
+        try:
+            built = build_from_git(source.value, work_dir, target, repo_url=repo_url, run=run)
+        except UsageError:
+            raise
+        except TaskError as exc:
+            raise RunnerUnavailable(f"cannot build patchbay git:{source.value}: {exc}") from exc
+        return ResolvedRunner(source.kind, built, f"git:{source.value}")
     normalize_arch(arch)  # bad arch is a usage error before any network traffic
-    if source.kind == "latest":
+    if source.kind is RunnerKind.LATEST:
         return _resolve_latest(work_dir, arch, base)
     try:
-        return fetch_release(source.value, work_dir, arch, base)
+        return ResolvedRunner(
+            source.kind, fetch_release(source.value, work_dir, arch, base), source.value
+        )
     except Unreachable as exc:
-        raise TaskError(
+        raise RunnerUnavailable(
             f"cannot download patchbay {source.value} ({exc}); pass --patchbay-version "
-            "path:FILE with a patchbay binary, or set PATCHBAY_RELEASE_URL to a reachable mirror"
+            "path:FILE with a patchbay binary, builtin for the builtin runner, or set "
+            "PATCHBAY_RELEASE_URL to a reachable mirror"
         ) from exc
+    except TaskError as exc:
+        raise RunnerUnavailable(str(exc)) from exc
 
 
-def install_runner(src: Path, work_dir: Path) -> Path:
-    """Copy the runner to <work>/.patchbay-bin/patchbay (guest /work/.patchbay-bin/patchbay)."""
+def install_runner(resolved: ResolvedRunner, work_dir: Path) -> Path:
+    """Stage the runner as <work>/.patchbay-bin/patchbay (guest /work/.patchbay-bin/patchbay).
+
+    Always through a temp file and a rename: a runner still running from an earlier or
+    concurrent sim.run keeps its file.
+    """
     dest = work_dir / BIN_DIRNAME / RUNNER_NAME
+    if resolved.path is None:
+        return builtin.write_zipapp(dest)
     with contextlib.suppress(OSError):
-        if dest.exists() and src.resolve() == dest.resolve():
+        if dest.exists() and resolved.path.resolve() == dest.resolve():
             os.chmod(dest, 0o755)
             return dest
-    return copy_executable(src, dest)
+    return copy_executable(resolved.path, dest)

@@ -155,7 +155,7 @@ def test_asset_and_target_per_arch(arch: str, asset: str, target: str) -> None:
 
 def test_bad_arch_is_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="unsupported guest arch 'riscv64'"):
-        runner.resolve_runner("v1.0.0", tmp_path, "riscv64", base_url="http://127.0.0.1:9/r")
+        runner.resolve_runner("v1.0.0", tmp_path, "riscv64", base_url="http://127.0.0.1:9/r").path
     assert not (tmp_path / ".patchbay-cache").exists()
 
 
@@ -261,7 +261,7 @@ def test_extract_member_bad_archives(tmp_path: Path, content: bytes, message: st
 
 def test_latest_downloads_and_is_rechecked_each_time(tmp_path: Path, server: ReleaseServer) -> None:
     server.publish("v0.1.0", release_tar())
-    path = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base)
+    path = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path
     assert path == tmp_path / ".patchbay-cache" / "v0.1.0" / "patchbay"
     assert path.read_bytes() == RUNNER_BYTES
     assert os.access(path, os.X_OK)
@@ -270,22 +270,22 @@ def test_latest_downloads_and_is_rechecked_each_time(tmp_path: Path, server: Rel
 
     # Same release still latest: asked again, not downloaded again.
     server.requests.clear()
-    assert runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base) == path
+    assert runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path == path
     assert server.requests == ["/releases/latest", "/releases/tag/v0.1.0"]
 
     # A new release: latest moves on.
     server.publish("v0.2.0", release_tar(b"v2"))
-    newer = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base)
+    newer = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path
     assert newer == tmp_path / ".patchbay-cache" / "v0.2.0" / "patchbay"
     assert newer.read_bytes() == b"v2"
 
 
 def test_bare_version_means_tag_and_is_cached(tmp_path: Path, server: ReleaseServer) -> None:
     server.publish("v0.1.0", release_tar(), latest=False)
-    path = runner.resolve_runner("0.1.0", tmp_path, "x86_64", base_url=server.base)
+    path = runner.resolve_runner("0.1.0", tmp_path, "x86_64", base_url=server.base).path
     assert path.read_bytes() == RUNNER_BYTES
     server.requests.clear()
-    assert runner.resolve_runner("v0.1.0", tmp_path, "x86_64", base_url=server.base) == path
+    assert runner.resolve_runner("v0.1.0", tmp_path, "x86_64", base_url=server.base).path == path
     assert server.requests == []  # a tag is immutable: no network on reuse
 
 
@@ -294,17 +294,17 @@ def test_base_url_from_env(
 ) -> None:
     server.publish("v0.1.0", release_tar())
     monkeypatch.setenv("PATCHBAY_RELEASE_URL", server.base)
-    assert runner.resolve_runner("latest", tmp_path, "x86_64").read_bytes() == RUNNER_BYTES
+    assert runner.resolve_runner("latest", tmp_path, "x86_64").path.read_bytes() == RUNNER_BYTES
 
 
 def test_missing_release_is_404_error(tmp_path: Path, server: ReleaseServer) -> None:
     with pytest.raises(TaskError) as err:
-        runner.resolve_runner("v9.9.9", tmp_path, "x86_64", base_url=server.base)
+        runner.resolve_runner("v9.9.9", tmp_path, "x86_64", base_url=server.base).path
     msg = str(err.value)
     assert f"{server.base}/download/v9.9.9/{ASSET}" in msg
     assert "HTTP 404" in msg
     assert "pick another --patchbay-version" in msg
-    assert err.value.exit_code == 1
+    assert err.value.exit_code == 69  # a pinned runner that cannot be had (SPEC 9.15)
     # Nothing that could pass for a cached release is left behind.
     assert not (tmp_path / ".patchbay-cache" / "v9.9.9").exists()
     assert leftovers(tmp_path) == []
@@ -332,20 +332,20 @@ def test_latest_redirect_without_tag(tmp_path: Path, server: ReleaseServer) -> N
     server.routes["/releases/latest"] = (302, {"Location": "/releases"}, b"")
     server.routes["/releases"] = (200, {}, b"no releases")
     with pytest.raises(TaskError, match="did not lead to a release tag"):
-        runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base)
+        runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path
 
 
 def test_unreachable_server_uses_newest_cached_latest(
     tmp_path: Path, server: ReleaseServer, dead_url: str, capsys: pytest.CaptureFixture
 ) -> None:
     server.publish("v0.1.0", release_tar())
-    first = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base)
+    first = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path
     older = tmp_path / ".patchbay-cache" / "v0.0.9" / "patchbay"
     older.parent.mkdir()
     older.write_bytes(b"old")
     capsys.readouterr()
 
-    path = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=dead_url)
+    path = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=dead_url).path
     assert path == first
     err = capsys.readouterr().err
     assert "WARNING" in err
@@ -353,18 +353,23 @@ def test_unreachable_server_uses_newest_cached_latest(
     assert "v0.1.0" in err
 
 
-def test_unreachable_server_without_cache(tmp_path: Path, dead_url: str) -> None:
-    with pytest.raises(TaskError) as err:
-        runner.resolve_runner("latest", tmp_path, "x86_64", base_url=dead_url)
-    msg = str(err.value)
-    assert "cannot reach the patchbay release server" in msg
-    assert "--patchbay-version path:FILE" in msg
+def test_unreachable_server_without_cache_falls_back_to_builtin(
+    tmp_path: Path, dead_url: str, capsys: pytest.CaptureFixture
+) -> None:
+    resolved = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=dead_url)
+    assert resolved.is_builtin and resolved.kind is runner.RunnerKind.BUILTIN
+    err = capsys.readouterr().err
+    # One line that says what happens instead.
+    (line,) = [x for x in err.splitlines() if x.strip()]
+    assert "cannot reach the patchbay release server" in line
+    assert "using the builtin runner" in line
     assert leftovers(tmp_path) == []
 
 
 def test_unreachable_server_for_a_tag(tmp_path: Path, dead_url: str) -> None:
-    with pytest.raises(TaskError, match=r"cannot download patchbay v0\.1\.0"):
+    with pytest.raises(runner.RunnerUnavailable, match=r"cannot download patchbay v0\.1\.0") as e:
         runner.resolve_runner("v0.1.0", tmp_path, "x86_64", base_url=dead_url)
+    assert e.value.exit_code == 69
     assert not (tmp_path / ".patchbay-cache" / "v0.1.0").exists()
 
 
@@ -384,7 +389,7 @@ def test_newest_cached_runner_orders_by_version(tmp_path: Path) -> None:
 def test_path_source(tmp_path: Path) -> None:
     binary = tmp_path / "patchbay"
     binary.write_bytes(RUNNER_BYTES)
-    assert runner.resolve_runner(f"path:{binary}", tmp_path, "x86_64") == binary
+    assert runner.resolve_runner(f"path:{binary}", tmp_path, "x86_64").path == binary
 
 
 @pytest.mark.parametrize(
@@ -396,16 +401,23 @@ def test_path_source(tmp_path: Path) -> None:
 )
 def test_path_source_errors(tmp_path: Path, make, message: str) -> None:
     with pytest.raises(UsageError) as err:
-        runner.resolve_runner(f"path:{make(tmp_path)}", tmp_path, "x86_64")
+        runner.resolve_runner(f"path:{make(tmp_path)}", tmp_path, "x86_64").path
     assert message in str(err.value)
     assert err.value.exit_code == 2
 
 
-def test_builtin_is_not_available_yet(tmp_path: Path) -> None:
-    with pytest.raises(UsageError) as err:
-        runner.resolve_runner("builtin", tmp_path, "x86_64")
-    assert "the builtin runner is not available yet" in str(err.value)
-    assert err.value.exit_code == 2
+def test_builtin_resolves_to_the_zipapp(tmp_path: Path) -> None:
+    resolved = runner.resolve_runner("builtin", tmp_path, "x86_64")
+    assert resolved.is_builtin and resolved.label.startswith("builtin ")
+    dest = runner.install_runner(resolved, tmp_path / "work")
+    assert dest == tmp_path / "work" / ".patchbay-bin" / "patchbay"
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o755
+    assert dest.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert leftovers(tmp_path) == []
+
+
+def path_runner(path: Path) -> runner.ResolvedRunner:
+    return runner.ResolvedRunner(runner.RunnerKind.PATH, path, f"path:{path}")
 
 
 def test_install_runner(tmp_path: Path) -> None:
@@ -413,20 +425,20 @@ def test_install_runner(tmp_path: Path) -> None:
     src.write_bytes(RUNNER_BYTES)
     src.chmod(0o600)
     work = tmp_path / "work"
-    dest = runner.install_runner(src, work)
+    dest = runner.install_runner(path_runner(src), work)
     assert dest == work / ".patchbay-bin" / "patchbay"
     assert dest.read_bytes() == RUNNER_BYTES
     assert stat.S_IMODE(dest.stat().st_mode) == 0o755
     src.write_bytes(b"newer")
-    assert runner.install_runner(src, work).read_bytes() == b"newer"
+    assert runner.install_runner(path_runner(src), work).read_bytes() == b"newer"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["patchbay"]
     # Installing the installed file onto itself keeps it.
-    assert runner.install_runner(dest, work).read_bytes() == b"newer"
+    assert runner.install_runner(path_runner(dest), work).read_bytes() == b"newer"
 
 
 def test_install_runner_missing_source_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(OSError):
-        runner.install_runner(tmp_path / "nope", tmp_path / "work")
+        runner.install_runner(path_runner(tmp_path / "nope"), tmp_path / "work")
     assert leftovers(tmp_path) == []
     assert not (tmp_path / "work" / ".patchbay-bin" / "patchbay").exists()
 
@@ -484,7 +496,7 @@ def test_git_ref_build_sequence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("PATCHBAY_GIT_URL", "file:///mirror/patchbay")
     src = runner.git_src_dir(tmp_path)
     fake = FakeRun(src, "x86_64-unknown-linux-musl", {"v0.3.0"})
-    path = runner.resolve_runner("git:v0.3.0", tmp_path, "x86_64", run=fake)
+    path = runner.resolve_runner("git:v0.3.0", tmp_path, "x86_64", run=fake).path
     assert path == src / "target" / "x86_64-unknown-linux-musl" / "release" / "patchbay"
     assert [c[:2] if c[0] == "cargo" else c[3:5] for c in fake.calls[1:]] == [
         ["remote", "set-url"],
@@ -499,14 +511,14 @@ def test_git_ref_build_sequence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     # A second build reuses the clone.
     fake.calls.clear()
-    runner.resolve_runner("git:v0.3.0", tmp_path, "x86_64", run=fake)
+    runner.resolve_runner("git:v0.3.0", tmp_path, "x86_64", run=fake).path
     assert not any(c[:2] == ["git", "clone"] for c in fake.calls)
 
 
 def test_git_unknown_ref(tmp_path: Path) -> None:
     fake = FakeRun(runner.git_src_dir(tmp_path), "x86_64-unknown-linux-musl", set())
     with pytest.raises(UsageError) as err:
-        runner.resolve_runner("git:nosuch", tmp_path, "x86_64", run=fake)
+        runner.resolve_runner("git:nosuch", tmp_path, "x86_64", run=fake).path
     assert "git ref 'nosuch' is not a branch, tag or commit" in str(err.value)
     assert not any(c[0] == "cargo" for c in fake.calls)
 
@@ -515,5 +527,6 @@ def test_git_failing_command_is_task_error(tmp_path: Path) -> None:
     def failing(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(argv, 128)
 
-    with pytest.raises(TaskError, match=r"cloning .* failed \(exit 128\)"):
+    with pytest.raises(runner.RunnerUnavailable, match=r"cloning .* failed \(exit 128\)") as e:
         runner.resolve_runner("git:main", tmp_path, "x86_64", run=failing)
+    assert e.value.exit_code == 69
