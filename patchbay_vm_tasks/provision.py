@@ -6,8 +6,9 @@ only checks; on the official cloud image the first run installs the packages.
 
 from __future__ import annotations
 
-PACKAGES = "iproute2 nftables iptables iperf3 iputils-ping bridge-utils jq curl"
-COMMANDS = "ip nft iptables iperf3 ping brctl jq curl"
+# python3 (3.11+) runs the builtin runner; openssl makes its gen-certs step's certificates.
+PACKAGES = "iproute2 nftables iptables iperf3 iputils-ping bridge-utils jq curl python3 openssl"
+COMMANDS = "ip nft iptables iperf3 ping brctl jq curl python3 openssl"
 
 SCRIPT = f"""\
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin

@@ -5,47 +5,29 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .simcore import reader
+from .simcore.model import SimError
 
 GUEST_APP = "/app"
 GUEST_RUNNER = "/work/.patchbay-bin/patchbay"
 
-_TOML_POS_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-_TOML_END_RE = re.compile(r"\s*\(at end of document\)\s*$")
-
 
 def show_path(path: Path) -> str:
     """A path as the user would type it: relative to the cwd when it lies below it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return str(path)
+    return reader.show_path(path)
 
 
 def load_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; errors become a UsageError naming file, line and column."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        # Python 3.11's TOMLDecodeError only carries the position inside its message.
-        msg = str(exc)
-        m = _TOML_POS_RE.search(msg)
-        if m:
-            where, at = f"{show_path(path)}:{m[1]}:{m[2]}", f" (line {m[1]}, column {m[2]})"
-        else:
-            where, at = show_path(path), " (at the end of the file)"
-        reason = _TOML_END_RE.sub("", _TOML_POS_RE.sub("", msg))
-        raise UsageError(f"{where}: invalid TOML{at}: {reason}; fix the file") from exc
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{show_path(path)}: not UTF-8 text; save it as UTF-8") from exc
-    except OSError as exc:
-        raise UsageError(f"cannot read {show_path(path)}: {exc.strerror or exc}") from exc
+        return reader.read_toml(path)
+    except SimError as err:
+        raise UsageError(str(err)) from None
 
 
 def _inside(path: Path, workspace: Path, shown: str) -> Path:
@@ -106,10 +88,17 @@ def guest_run_argv(
     binary_args: list[str],
     verbose: bool,
     env: Mapping[str, str],
+    *,
+    timeout: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    builtin: bool = False,
 ) -> list[str]:
     """The runner's command line in the guest (SPEC 6.6), to be run as root.
 
     RUST_LOG is taken from RUST_LOG, else NETSIM_RUST_LOG; NETSIM_RUST_LOG is passed on too.
+    extra_env: what the host tells the runner (run id, accelerator, QEMU version).
+    builtin: our runner, which also watches its stdin so that a host that goes away
+    (Ctrl-C, a lost connection) stops it: over SSH without a pty no signal arrives.
     """
     argv = ["env", "NETSIM_IN_VM=1", "NETSIM_TARGET_DIR=/target"]
     rust_log = env.get("RUST_LOG") or env.get("NETSIM_RUST_LOG")
@@ -117,11 +106,16 @@ def guest_run_argv(
         argv.append(f"RUST_LOG={rust_log}")
     if env.get("NETSIM_RUST_LOG"):
         argv.append(f"NETSIM_RUST_LOG={env['NETSIM_RUST_LOG']}")
+    argv += [f"{k}={v}" for k, v in (extra_env or {}).items()]
     argv += [GUEST_RUNNER, "run", "--work-dir", "/work"]
     for item in binary_args:
         argv += ["--binary", item]
     if verbose:
         argv.append("-v")
+    if timeout:
+        argv += ["--timeout", timeout]
+    if builtin:
+        argv.append("--watch-stdin")
     argv += sims_guest
     return argv
 

@@ -1,4 +1,5 @@
-"""`sim.run`: stage sims and binaries, run the patchbay runner in the guest."""
+"""`sim.*`: run sims in the guest (`run`), keep a sim's lab up to look at (`inspect`,
+`exec`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,16 @@ import time
 
 from invoke import Collection, Context, Exit, task
 
-from .. import binaries, guest, lifecycle, runner, settings, simfiles
+from .. import binaries, lifecycle, runner, settings, simfiles, simrun, workdir
 from ..errors import UsageError
+from ..simcore.durations import parse_duration
 from ..ui import say
-from .common import task_errors
+from .common import remainder, task_errors
+
+VERSION_HELP = (
+    "Runner: latest, vX.Y.Z, git:REF, path:FILE or builtin (our own, needs nothing from "
+    "the network). Default: PATCHBAY_VERSION, else vm.patchbay_version, else latest."
+)
 
 
 @task(
@@ -20,9 +27,10 @@ from .common import task_errors
         "work_dir": "Host folder shared as /work, where results land (default .patchbay-work).",
         "binary": "NAME:MODE:VALUE, MODE one of path, fetch, build; stages a binary for the "
         "sims, replacing a sim's own entry of that name. Repeatable.",
-        "patchbay_version": "Runner to use: latest, vX.Y.Z, git:REF or path:FILE (default latest).",
-        "verbose": "Pass -v to the runner.",
+        "patchbay_version": VERSION_HELP,
+        "verbose": "Stream every node's output, prefixed with its device (runner -v).",
         "recreate": "Boot a fresh VM first (needed when --work-dir differs from the running VM's).",
+        "timeout": "Time limit per sim, e.g. 90s or 15m (default 10m); a sim over it fails.",
     },
 )
 def run(
@@ -30,24 +38,25 @@ def run(
     file: list[str],
     work_dir: str | None = None,
     binary: list[str] | None = None,
-    patchbay_version: str = "latest",
+    patchbay_version: str | None = None,
     verbose: bool = False,
     recreate: bool = False,
+    timeout: str | None = None,
 ) -> None:
     """Run sims in the VM with the patchbay runner; results land in the work dir."""
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
         if not file:
             raise UsageError("give at least one sim: --file sims/NAME.toml (or a folder)")
+        _check_timeout(timeout)
         # Everything that can be wrong with the input is found before anything boots.
         sims = simfiles.expand_sim_args(file, s.project_dir)
         target = runner.musl_target_for(s.arch)
         binary_args = binaries.prepare_binary_args(
             list(binary or []), sims, s.work_dir, target, s.target_dir, s.project_dir
         )
-        runner_file = runner.resolve_runner(patchbay_version, s.work_dir, s.arch)
-        runner.install_runner(runner_file, s.work_dir)
-
+        chosen = _runner(s, patchbay_version)
+        run_id = simrun.new_run_id()
         vm = lifecycle.up(s, recreate=recreate)
         try:
             argv = simfiles.guest_run_argv(
@@ -55,16 +64,111 @@ def run(
                 binary_args,
                 verbose,
                 os.environ,
+                timeout=timeout,
+                extra_env=_host_facts(s, vm.record, run_id),
+                builtin=chosen.is_builtin,
             )
+            say(f"running {len(sims)} sim(s) with the {chosen.label} runner")
             started = time.monotonic()
-            result = guest.run_argv(vm.conn, argv, sudo=True, in_stream=False)
+            code = simrun.run_interruptible(vm.conn, argv, run_id)
             took = time.monotonic() - started
         finally:
             vm.close()
-        say(f"runner exited with {result.exited} after {took:.1f} s; results in {s.work_dir}")
+        say(f"runner exited with {code} after {took:.1f} s; results in {s.work_dir}")
         print(simfiles.format_summary(simfiles.summarize_results(s.work_dir)))
-    if result.exited:
-        raise Exit(code=result.exited)
+        for old in workdir.prune_runs(s.work_dir, s.keep_runs):
+            say(f"removed old run {old.name} (keeping {s.keep_runs}; vm.keep_runs)")
+    if code:
+        raise Exit(code=code)
 
 
-sim = Collection("sim", run)
+@task(
+    help={
+        "file": "The sim (or topology) TOML whose lab to build.",
+        "work_dir": "Host folder shared as /work (default .patchbay-work).",
+        "patchbay_version": VERSION_HELP,
+    }
+)
+def inspect(
+    c: Context, file: str, work_dir: str | None = None, patchbay_version: str | None = None
+) -> None:
+    """Build a sim's topology in the guest and keep it up until Ctrl-C; print NETSIM_IP_*."""
+    with task_errors():
+        s = settings.from_context(c, work_dir=work_dir)
+        (sim,) = simfiles.expand_sim_args([file], s.project_dir)
+        chosen = _runner(s, patchbay_version)
+        run_id = simrun.new_run_id()
+        vm = lifecycle.up(s)
+        try:
+            argv = [
+                "env",
+                *[f"{k}={v}" for k, v in _host_facts(s, vm.record, run_id).items()],
+                simfiles.GUEST_RUNNER,
+                "inspect",
+                "--work-dir",
+                "/work",
+                simfiles.guest_sim_path(sim, s.project_dir),
+            ]
+            say(f"building the lab of {sim.name} with the {chosen.label} runner; Ctrl-C ends it")
+            say("run a command in one of its nodes with: invoke sim.exec NODE -- CMD ARGS")
+            code = simrun.run_interruptible(vm.conn, argv, run_id, what="the lab")
+        finally:
+            vm.close()
+    if code and code != simrun.EXIT_INTERRUPTED:
+        raise Exit(code=code)
+
+
+@task(
+    help={
+        "node": "A device or router of the lab that `sim.inspect` keeps up.",
+        "work_dir": "Host folder shared as /work (default .patchbay-work).",
+    }
+)
+def exec(c: Context, node: str, work_dir: str | None = None) -> None:  # noqa: A001 (task name)
+    """Run `-- CMD ARGS` as root in one node of the `sim.inspect` lab; exit code passed on."""
+    with task_errors():
+        s = settings.from_context(c, work_dir=work_dir)
+        cmd = remainder()
+        if not cmd:
+            raise UsageError("give the command after --: invoke sim.exec NODE -- ping -c1 host")
+        if not (s.work_dir / runner.BIN_DIRNAME / runner.RUNNER_NAME).is_file():
+            raise UsageError("no lab to run in: start one with `invoke sim.inspect --file SIM`")
+        vm = lifecycle.require_running(s)
+        try:
+            argv = [simfiles.GUEST_RUNNER, "run-in", "--work-dir", "/work", node, "--", *cmd]
+            code = simrun.run_interruptible(vm.conn, argv, simrun.new_run_id(), what=node)
+        finally:
+            vm.close()
+    if code:
+        raise Exit(code=code)
+
+
+def _check_timeout(timeout: str | None) -> None:
+    if timeout is None:
+        return
+    try:
+        parse_duration(timeout)
+    except ValueError as exc:
+        raise UsageError(f"--timeout {timeout!r}: {exc}") from None
+
+
+def _runner(s: settings.VmSettings, flag: str | None) -> runner.ResolvedRunner:
+    """Resolve and stage the runner (flag, else setting); the guest runs it from /work."""
+    version = flag or s.patchbay_version
+    chosen = runner.resolve_runner(version, s.work_dir, s.arch)
+    runner.install_runner(chosen, s.work_dir)
+    return chosen
+
+
+def _host_facts(s: settings.VmSettings, record: dict, run_id: str) -> dict[str, str]:
+    """What only the host knows, for the run's manifest: numbers under TCG are not
+    comparable with numbers under KVM or HVF."""
+    return {
+        simrun.RUN_ID_VAR: run_id,
+        "PATCHBAY_VM_ACCEL": str(record.get("accel", "")),
+        "PATCHBAY_VM_QEMU_VERSION": simrun.qemu_version(s.qemu_bin),
+        "PATCHBAY_VM_FS": str(record.get("fs_mode", "")),
+    }
+
+
+sim = Collection("sim", run, inspect, exec)
