@@ -39,6 +39,8 @@ CASES = [
     (["--file", "sims/ok.toml", "--patchbay-version", "path:bin"], "is a directory", None),
     (["--file", "sims/ok.toml", "--patchbay-version", "v1.x"], "v1.x", None),
     ([], "give at least one sim", None),
+    (["--file", "sims/ok.toml", "--timeout", "5x"], "--timeout '5x'", None),
+    (["--file", "sims/ok.toml", "--timeout", ""], "--timeout ''", None),
 ]
 
 
@@ -82,4 +84,22 @@ def test_test_run_with_bad_jobs(project: VmEnv) -> None:
     out = project.invoke("test.run", "--target", "x86_64-unknown-linux-gnu", "-j", "many")
     assert out.returncode == 2
     assert "--jobs: expected a positive number, got 'many'" in out.stderr
+    assert not (project.project / ".qemu-vm").exists()
+
+
+def test_a_pinned_runner_that_cannot_be_had_is_69_before_anything_boots(project: VmEnv) -> None:
+    dead = "http://127.0.0.1:9/releases"  # nothing listens on the discard port
+    out = project.invoke(
+        "sim.run", "--file", "sims/ok.toml", "--patchbay-version", "v0.1.0",
+        PATCHBAY_RELEASE_URL=dead,
+    )  # fmt: skip
+    assert out.returncode == 69, out.stderr
+    assert "cannot download patchbay v0.1.0" in out.stderr
+    assert not (project.project / ".qemu-vm").exists()
+
+
+def test_runner_choice_from_the_environment_is_checked(project: VmEnv) -> None:
+    out = project.invoke("sim.run", "--file", "sims/ok.toml", PATCHBAY_VERSION="newest")
+    assert out.returncode == 2
+    assert "unknown --patchbay-version 'newest'" in out.stderr
     assert not (project.project / ".qemu-vm").exists()
