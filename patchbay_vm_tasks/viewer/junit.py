@@ -1,0 +1,243 @@
+"""JUnit XML for CI: a testcase per sim of a `sim.run`, a testcase per test of a `test.run`.
+
+The writers are pure (data in, XML text out); `sim_invocation_data` reads what they need
+from a work dir.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import runs
+
+# Per sim, the step logs (system-out) are capped: CI UIs choke on megabytes.
+OUT_CAP = 64 * 1024
+# XML 1.0 cannot hold most control characters, which test output does contain.
+_BAD_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _clean(text: str) -> str:
+    return _BAD_XML.sub("\ufffd", text)
+
+
+def _cap(text: str, limit: int = OUT_CAP) -> str:
+    return (
+        text
+        if len(text) <= limit
+        else f"[... {len(text) - limit} chars left out ...]\n" + text[-limit:]
+    )
+
+
+def _xml(suites: ET.Element) -> str:
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode")
+
+
+def _suite(parent: ET.Element, name: str, cases: list[ET.Element], seconds: float) -> ET.Element:
+    counts = {"failures": 0, "errors": 0, "skipped": 0}
+    for case in cases:
+        for kind, tag in (("failures", "failure"), ("errors", "error"), ("skipped", "skipped")):
+            counts[kind] += case.find(tag) is not None
+    suite = ET.SubElement(parent, "testsuite", name=name, tests=str(len(cases)))
+    for kind, n in counts.items():
+        suite.set(kind, str(n))
+    suite.set("time", f"{seconds:.3f}")
+    suite.extend(cases)
+    return suite
+
+
+# ------------------------------------------------------------------------- sims
+
+
+def sim_failure_message(sim_json: dict | None, progress_error: str | None = None) -> str:
+    """`step 2 run "ping-check" on sender: <message>`, or the phase, or progress's error."""
+    error = (sim_json or {}).get("error") or {}
+    message = error.get("message") or progress_error or "failed"
+    step = error.get("step")
+    if isinstance(step, dict):
+        where = f"step {step.get('index', '?')} {step.get('action') or '?'}"
+        where += f' "{step["id"]}"' if step.get("id") else ""
+        where += f" on {step['device']}" if step.get("device") else ""
+        return f"{where}: {message}"
+    if error.get("phase"):
+        return f"{error['phase']}: {message}"
+    return str(message)
+
+
+def sim_junit_xml(
+    invocation: str,
+    simulations: Sequence[dict],
+    sim_jsons: dict[str, dict | None],
+    step_logs: dict[str, dict[str, str]],
+) -> str:
+    """One testsuite for the invocation, a testcase per sim.
+
+    simulations: progress.json / manifest.json `simulations[]` ({sim, status, sim_dir,
+    runtime_ms, error}); sim_jsons and step_logs are keyed by sim name (log file -> text).
+    """
+    root = ET.Element("testsuites", name=f"patchbay {invocation}")
+    cases = []
+    total = 0.0
+    for entry in simulations:
+        name = str(entry.get("sim") or entry.get("sim_dir") or "?")
+        sim_json = sim_jsons.get(name) or None
+        status = (sim_json or {}).get("status") or entry.get("status") or "pending"
+        ms = (sim_json or {}).get("runtime_ms", entry.get("runtime_ms")) or 0
+        seconds = float(ms) / 1000 if isinstance(ms, int | float) else 0.0
+        total += seconds
+        case = ET.Element("testcase", name=name, classname=f"patchbay.{invocation}")
+        case.set("time", f"{seconds:.3f}")
+        if status == "error":
+            message = sim_failure_message(sim_json, entry.get("error"))
+            failure = ET.SubElement(case, "failure", message=_clean(message), type="sim")
+            error = (sim_json or {}).get("error") or {}
+            failure.text = _clean(
+                f"{message}\nphase: {error.get('phase', '?')}\nsim_dir: {entry.get('sim_dir')}"
+            )
+        elif status != "ok":
+            ET.SubElement(case, "skipped", message=f"sim did not finish (status {status})")
+        logs = step_logs.get(name) or {}
+        if logs:
+            out = "\n".join(
+                f"==> {path} <==\n{text.rstrip()}" for path, text in sorted(logs.items())
+            )
+            ET.SubElement(case, "system-out").text = _clean(_cap(out))
+        cases.append(case)
+    _suite(root, invocation, cases, total)
+    return _xml(root)
+
+
+def _step_logs(sim_dir: Path) -> dict[str, str]:
+    found = {}
+    for path in sorted(sim_dir.glob("*.log")):
+        if (
+            path.is_file()
+            and not path.is_symlink()
+            and path.name.endswith((".stdout.log", ".stderr.log"))
+        ):
+            found[path.name] = _cap(path.read_text(encoding="utf-8", errors="replace"))
+    return found
+
+
+def sim_invocation_data(work_dir: Path, invocation: str = "latest") -> dict[str, Any]:
+    """sim_junit_xml's arguments read from `work_dir/<invocation>` (or `latest`)."""
+    name = runs.latest_invocation(work_dir) if invocation == "latest" else invocation
+    folder = runs.invocation_dir(work_dir, name) if name else None
+    if folder is None:
+        raise FileNotFoundError(f"no invocation {invocation!r} in {work_dir}")
+    progress = runs.invocation_progress(folder) or {}
+    sims = [s for s in progress.get("simulations") or [] if isinstance(s, dict)]
+    sim_jsons, step_logs = {}, {}
+    for entry in sims:
+        key = str(entry.get("sim") or entry.get("sim_dir") or "?")
+        sim_dir = runs.invocation_dir(folder, Path(str(entry.get("sim_dir") or key)).name)
+        if sim_dir is not None:
+            data = runs.read_json(sim_dir / "sim.json")
+            sim_jsons[key] = data if isinstance(data, dict) else None
+            step_logs[key] = _step_logs(sim_dir)
+    return {"invocation": name, "simulations": sims, "sim_jsons": sim_jsons, "step_logs": step_logs}
+
+
+def write_sim_junit(work_dir: Path, out: Path, invocation: str = "latest") -> Path:
+    """The JUnit file of a sim.run invocation (for `sim.run --junit FILE`)."""
+    out.write_text(sim_junit_xml(**sim_invocation_data(work_dir, invocation)), encoding="utf-8")
+    return out
+
+
+# ------------------------------------------------------------------------- tests
+
+
+@dataclass(frozen=True)
+class TestBinaryRun:
+    """One test binary's run in the guest: its name, exit code and combined output."""
+
+    __test__ = False  # not a pytest class
+
+    name: str
+    exit_code: int
+    output: str
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class LibtestCase:
+    name: str
+    outcome: str  # ok | failed | ignored
+    detail: str = ""
+
+
+_RESULT = re.compile(r"^test (?P<name>.+?) \.\.\. (?P<res>ok|FAILED|ignored(?:, .*)?)\s*$")
+_FAIL_HEAD = re.compile(r"^---- (?P<name>.+?) (?:stdout|stderr) ----$")
+
+
+def parse_libtest(output: str) -> list[LibtestCase]:
+    """Per-test outcomes from libtest's pretty output, with each failure's captured output."""
+    results: dict[str, str] = {}
+    details: dict[str, list[str]] = {}
+    current = None
+    for line in output.splitlines():
+        m = _RESULT.match(line)
+        if m:
+            res = m["res"]
+            results[m["name"]] = "ok" if res == "ok" else "failed" if res == "FAILED" else "ignored"
+            current = None
+            continue
+        head = _FAIL_HEAD.match(line)
+        if head:
+            current = head["name"]
+            details.setdefault(current, [])
+        elif current and (line == "failures:" or line.startswith("test result:")):
+            current = None
+        elif current:
+            details[current].append(line)
+    return [LibtestCase(n, o, "\n".join(details.get(n, [])).strip()) for n, o in results.items()]
+
+
+def _panic_message(detail: str) -> str:
+    for line in detail.splitlines():
+        if "panicked at" in line:
+            idx = detail.splitlines().index(line)
+            rest = detail.splitlines()[idx + 1 : idx + 2]
+            return (line.strip() + (" " + rest[0].strip() if rest else ""))[:300]
+    return (detail.splitlines() or ["test failed"])[0][:300]
+
+
+def test_run_junit_xml(binaries: Sequence[TestBinaryRun]) -> str:
+    """A testsuite per binary; a testcase per libtest line, or one for the binary when its
+    output has none (`harness = false`, `-q`)."""
+    root = ET.Element("testsuites", name="cargo test (patchbay VM)")
+    for binary in binaries:
+        parsed = parse_libtest(binary.output)
+        cases = []
+        if parsed:
+            for test in parsed:
+                case = ET.Element("testcase", name=test.name, classname=binary.name, time="0.000")
+                if test.outcome == "failed":
+                    failure = ET.SubElement(
+                        case, "failure", message=_clean(_panic_message(test.detail))
+                    )
+                    failure.text = _clean(_cap(test.detail))
+                elif test.outcome == "ignored":
+                    ET.SubElement(case, "skipped", message="ignored")
+                cases.append(case)
+            if binary.exit_code and not any(c.find("failure") is not None for c in cases):
+                # Exited non-zero with every test passing: a crash after the tests, say so.
+                case = ET.Element("testcase", name="(binary exit)", classname=binary.name)
+                ET.SubElement(case, "failure", message=f"exit code {binary.exit_code}")
+                cases.append(case)
+        else:
+            case = ET.Element("testcase", name=binary.name, classname=binary.name)
+            case.set("time", f"{binary.seconds:.3f}")
+            if binary.exit_code:
+                failure = ET.SubElement(case, "failure", message=f"exit code {binary.exit_code}")
+                failure.text = _clean(_cap(binary.output))
+            cases.append(case)
+        suite = _suite(root, binary.name, cases, binary.seconds)
+        if binary.output:
+            ET.SubElement(suite, "system-out").text = _clean(_cap(binary.output))
+    return _xml(root)

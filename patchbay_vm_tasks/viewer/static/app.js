@@ -1,0 +1,521 @@
+// patchbay results page: plain JS, no build step. Reads the devtools API (live server)
+// or the data a report inlined as window.PATCHBAY_REPORT (file://, no server).
+'use strict'
+
+// ---------------------------------------------------------------- data sources
+
+const enc = encodeURIComponent
+
+function liveSource() {
+  const get = async (url, as) => {
+    try {
+      const res = await fetch(url)
+      if (!res.ok) return null
+      return as === 'json' ? await res.json() : as === 'bytes' ? new Uint8Array(await res.arrayBuffer()) : await res.text()
+    } catch { return null }
+  }
+  const run = (name) => `api/runs/${enc(name)}`
+  return {
+    live: true,
+    runs: async () => (await get('api/runs', 'json')) || [],
+    state: (name) => get(`${run(name)}/state`, 'json'),
+    file: (name, path) => get(`${run(name)}/files/${enc(path)}`, 'text'),
+    logs: async (name) => (await get(`${run(name)}/logs`, 'json')) || [],
+    logBytes: (name, path, after) => get(`${run(name)}/logs/${enc(path)}?after=${after}`, 'bytes'),
+    combined: (inv) => get(`api/invocations/${enc(inv)}/combined-results`, 'json'),
+    progress: (inv) => get(`api/invocations/${enc(inv)}/progress`, 'json'),
+    logUrl: (name, path) => `${run(name)}/logs/${enc(path)}`,
+    subscribeRuns(cb) {
+      const es = new EventSource('api/runs/subscribe')
+      es.onmessage = () => cb()
+      return es
+    },
+    subscribeEvents(name, after, cb) {
+      const es = new EventSource(`${run(name)}/events?after=${after}`)
+      es.onmessage = (m) => { try { cb(JSON.parse(m.data)) } catch { /* a broken line */ } }
+      return es
+    },
+  }
+}
+
+function inlineSource(data) {
+  const rd = (name) => data.runData[name] || {}
+  const utf8 = new TextEncoder()
+  return {
+    live: false,
+    runs: async () => data.runs,
+    state: async (name) => rd(name).state || null,
+    file: async (name, path) => (rd(name).files || {})[path] ?? null,
+    logs: async (name) => rd(name).logs || [],
+    logBytes: async (name, path, after) => after ? new Uint8Array() : utf8.encode((rd(name).logText || {})[path] ?? ''),
+    combined: async (inv) => (data.combined || {})[inv] || null,
+    progress: async (inv) => (data.progress || {})[inv] || null,
+    logUrl: () => null,
+    subscribeRuns() { return null },
+    subscribeEvents(name, after, cb) { for (const e of rd(name).events || []) if (e.opid > after) cb(e); return null },
+  }
+}
+
+const src = window.PATCHBAY_REPORT ? inlineSource(window.PATCHBAY_REPORT) : liveSource()
+
+// ---------------------------------------------------------------- small helpers
+
+function h(tag, attrs, ...kids) {
+  const el = document.createElement(tag)
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null || v === false) continue
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v)
+    else if (k === 'style') el.style.cssText = v
+    else el.setAttribute(k, v)
+  }
+  for (const kid of kids.flat(Infinity)) if (kid != null && kid !== false) el.append(kid instanceof Node ? kid : String(kid))
+  return el
+}
+// replaceChildren without the nulls that optional parts leave.
+const put = (el, ...kids) => el.replaceChildren(...kids.flat(Infinity).filter((k) => k != null && k !== false))
+
+function s(tag, attrs, ...kids) {
+  const el = document.createElementNS('http://www.w3.org/2000/svg', tag)
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null) continue
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v)
+    else el.setAttribute(k, v)
+  }
+  for (const kid of kids.flat(Infinity)) if (kid != null) el.append(kid instanceof Node ? kid : String(kid))
+  return el
+}
+
+const parse = (text) => { try { return text == null ? null : JSON.parse(text) } catch { return undefined } }
+const num = (v) => {
+  if (v == null || typeof v === 'boolean') return null
+  const n = typeof v === 'number' ? v : parseFloat(String(v))
+  return Number.isFinite(n) ? n : null
+}
+// The runner's duration: an integer is microseconds, a float seconds (RUNNER-FACTS 4).
+function seconds(v) {
+  if (v == null || typeof v === 'boolean') return null
+  if (typeof v === 'number') return Number.isInteger(v) ? v / 1e6 : v
+  const t = String(v).trim()
+  return /^[0-9]+$/.test(t) ? parseInt(t, 10) / 1e6 : num(t)
+}
+function stepRow(step) {
+  const secs = seconds(step.duration)
+  const rate = (b) => (num(b) != null && secs > 0 ? num(b) / (secs * 1e6) : null)
+  return { id: step.id ?? '?', secs, down: rate(step.down_bytes), up: rate(step.up_bytes), latency: num(step.latency_ms) }
+}
+const fmt = (v, d = 2) => (v == null ? '—' : v.toFixed(d))
+const base = (p) => String(p || '').split('/').pop()
+
+function linkText(c) {
+  if (c == null) return ''
+  if (typeof c === 'string') return c
+  const parts = []
+  if (c.latency_ms) parts.push(`${c.latency_ms} ms`)
+  if (c.jitter_ms) parts.push(`±${c.jitter_ms} ms`)
+  if (c.loss_pct) parts.push(`${c.loss_pct}% loss`)
+  if (c.rate_kbit) parts.push(`${c.rate_kbit} kbit/s`)
+  return parts.join(' ') || 'lan'
+}
+function natText(n) {
+  if (n == null || n === 'none' || n === false) return 'public'
+  if (typeof n === 'string') return `NAT ${n}`
+  const short = { endpoint_independent: 'EI', endpoint_dependent: 'ED', address_dependent: 'AD', address_and_port_dependent: 'APD' }
+  return `NAT ${short[n.mapping] || n.mapping || '?'}M/${short[n.filtering] || n.filtering || '?'}F`
+}
+
+// ---------------------------------------------------------------- app state
+
+const app = { runs: [], progress: {}, view: null, runEs: null, logTimer: null, events: [], state: null, renderedOnce: false }
+
+function route() {
+  const p = new URLSearchParams(location.hash.slice(1))
+  return { run: p.get('run'), inv: p.get('inv'), tab: p.get('tab') || 'topology', log: p.get('log') }
+}
+const hrefRun = (run, tab, log) => '#' + new URLSearchParams({ run, ...(tab ? { tab } : {}), ...(log ? { log } : {}) })
+const hrefInv = (inv) => '#' + new URLSearchParams({ inv })
+
+function simOf(run) {
+  const prog = app.progress[run.invocation]
+  const sims = (prog && prog.simulations) || []
+  return sims.find((x) => base(x.sim_dir) === base(run.name)) || sims.find((x) => x.sim === run.label) || null
+}
+
+function groups() {
+  const by = new Map()
+  for (const r of app.runs) {
+    const key = r.invocation || r.name
+    if (!by.has(key)) by.set(key, { inv: r.invocation, runs: [] })
+    by.get(key).runs.push(r)
+  }
+  for (const inv of Object.keys(app.progress)) if (!by.has(inv)) by.set(inv, { inv, runs: [] })
+  for (const g of by.values()) {
+    const order = ((app.progress[g.inv] || {}).simulations || []).map((x) => base(x.sim_dir) || x.sim)
+    const rank = (r) => { const i = order.indexOf(base(r.name)); return i < 0 ? 1e9 : i }
+    g.runs.sort((a, b) => rank(a) - rank(b) || a.name.localeCompare(b.name))
+  }
+  return [...by.entries()].sort((a, b) => b[0].localeCompare(a[0])).map((e) => e[1])
+}
+
+async function loadRuns() {
+  app.runs = await src.runs()
+  const invs = [...new Set(app.runs.map((r) => r.invocation).filter(Boolean))]
+  const progs = await Promise.all(invs.map((i) => src.progress(i)))
+  invs.forEach((inv, i) => { if (progs[i]) app.progress[inv] = progs[i] })
+}
+
+// ---------------------------------------------------------------- picker
+
+function statusBadge(text, cls) {
+  return text ? h('span', { class: `badge st-${cls || text}` }, text) : null
+}
+
+function renderPicker() {
+  const nav = document.getElementById('picker')
+  const cur = route()
+  const gs = groups()
+  if (!gs.length) { nav.replaceChildren(h('div', { class: 'empty' }, 'no runs in this work dir yet')); return }
+  put(nav, ...gs.map((g) => {
+    const prog = app.progress[g.inv]
+    const head = h('div', { class: 'inv-head' }, h('span', { class: 'inv-name' }, g.inv || 'run'),
+      prog ? statusBadge(prog.status === 'running' ? `running ${prog.completed ?? 0}/${prog.total ?? '?'}` : prog.error ? `${prog.error} failed` : 'done',
+        prog.status === 'running' ? 'running' : prog.error ? 'error' : 'ok') : null)
+    const entries = []
+    const nSims = Math.max(g.runs.length, (prog && prog.total) || 0)
+    if (g.inv && nSims > 1) {
+      entries.push(h('a', { class: 'entry combined' + (cur.inv === g.inv ? ' active' : ''), href: hrefInv(g.inv), 'data-inv': g.inv }, `combined (${nSims} sims)`))
+    }
+    for (const r of g.runs) {
+      const sim = simOf(r)
+      entries.push(h('a', { class: 'entry run' + (cur.run === r.name ? ' active' : ''), href: hrefRun(r.name), 'data-run': r.name },
+        h('span', { class: 'label' }, r.label || base(r.name)),
+        statusBadge(r.status || 'no state', r.status ? null : 'unknown'),
+        sim && sim.status !== r.status ? statusBadge(sim.status) : null))
+    }
+    // Sims that failed before their folder held events (a parse error): listed with the error.
+    const listed = new Set(g.runs.map((r) => base(r.name)))
+    for (const x of (prog && prog.simulations) || []) {
+      if (listed.has(base(x.sim_dir)) || listed.has(x.sim)) continue
+      entries.push(h('div', { class: 'entry norun', title: x.error || '' }, h('span', { class: 'label' }, x.sim), statusBadge(x.status)))
+    }
+    return h('section', { class: 'inv', 'data-inv': g.inv || '' }, head, ...entries)
+  }))
+}
+
+// ---------------------------------------------------------------- views
+
+function stopLive() {
+  if (app.runEs) app.runEs.close()
+  app.runEs = null
+  clearTimeout(app.logTimer)
+}
+
+async function renderView() {
+  const cur = route()
+  const main = document.getElementById('main')
+  if (!cur.run && !cur.inv) {
+    // Nothing chosen: the newest invocation's combined view, or its only run.
+    const g = groups()[0]
+    if (!g) { main.replaceChildren(h('div', { class: 'empty' }, 'no runs yet: they appear here as they start')); return }
+    history.replaceState(null, '', g.inv && g.runs.length !== 1 ? hrefInv(g.inv) : hrefRun(g.runs[0].name))
+    renderPicker()
+    return renderView()
+  }
+  const key = cur.run ? `run:${cur.run}` : `inv:${cur.inv}`
+  if (app.view !== key) { stopLive(); app.view = key; app.events = []; app.state = null }
+  if (cur.inv) return renderInvocation(main, cur.inv)
+  return renderRun(main, cur)
+}
+
+async function simJson(run) {
+  const text = await src.file(run, 'sim.json')
+  return { text, data: parse(text) }
+}
+
+function errorBanner(run, sim, logs) {
+  if (!sim || !sim.error) return null
+  const e = sim.error
+  const st = e.step
+  const where = st ? `step ${st.index ?? '?'}: ${st.action || '?'}${st.id ? ` "${st.id}"` : ''}${st.device ? ` on ${st.device}` : ''}` : `phase ${e.phase || '?'}`
+  let link = null
+  if (st && st.device) {
+    const stem = `device.${st.device}.${st.id || st.device}`
+    const have = new Set(logs.map((l) => l.path))
+    const log = [`${stem}.stderr.log`, `${stem}.stdout.log`].find((p) => have.has(p))
+    if (log) link = h('a', { href: hrefRun(run, 'logs', log), class: 'errlog' }, `open ${log}`)
+  }
+  return h('div', { class: 'error-banner', role: 'alert' },
+    h('strong', {}, `failed at ${where}`), e.phase ? h('span', { class: 'phase' }, ` (${e.phase})`) : null,
+    h('pre', { class: 'errmsg' }, e.message || '(no message)'), link)
+}
+
+async function renderRun(main, cur) {
+  const run = app.runs.find((r) => r.name === cur.run)
+  const [state, sj, logs] = await Promise.all([src.state(cur.run), simJson(cur.run), src.logs(cur.run)])
+  app.state = state
+  const tabs = ['topology', 'results', 'logs', 'timeline']
+  const title = (run && run.label) || (state && state.label) || base(cur.run)
+  const simEntry = run ? simOf(run) : null
+  const notes = []
+  if (!run) notes.push(h('div', { class: 'note' }, 'this run is no longer in the work dir'))
+  if (!state) notes.push(h('div', { class: 'note' }, 'no readable state.json yet: the run is starting or was cut short'))
+  if (sj.text != null && sj.data === undefined) notes.push(h('div', { class: 'note' }, 'sim.json is incomplete (still being written?)'))
+  const body = h('div', { id: 'tab-body', class: `tab-${cur.tab}` })
+  put(main,
+    h('div', { class: 'run-head' }, h('h1', {}, title), h('span', { class: 'run-name' }, cur.run),
+      statusBadge((state && state.status) || (run && run.status) || 'no state', state || run?.status ? null : 'unknown'),
+      sj.data ? statusBadge(sj.data.status) : simEntry ? statusBadge(simEntry.status) : null,
+      sj.data && sj.data.runtime_ms != null ? h('span', { class: 'muted' }, ` ${(sj.data.runtime_ms / 1000).toFixed(1)} s`) : null),
+    errorBanner(cur.run, sj.data, logs), ...notes,
+    h('div', { class: 'tabs', role: 'tablist' }, tabs.map((t) => h('a', { class: 'tab' + (t === cur.tab ? ' active' : ''), href: hrefRun(cur.run, t), 'data-tab': t }, t))),
+    body)
+  if (!app.runEs && (src.live || !app.events.length)) {
+    const after = app.events.length ? app.events[app.events.length - 1].opid : 0
+    app.runEs = src.subscribeEvents(cur.run, after, onEvent)
+  }
+  if (cur.tab === 'topology') renderTopology(body, state)
+  else if (cur.tab === 'results') await renderResults(body, cur.run, sj.data)
+  else if (cur.tab === 'logs') renderLogs(body, cur.run, logs, cur.log)
+  else renderTimeline(body)
+}
+
+const TOPO_KINDS = new Set(['router_added', 'device_added', 'link_condition_changed', 'link_down', 'link_up', 'ix_created'])
+let stateTimer = null
+function onEvent(e) {
+  if (app.events.length && e.opid <= app.events[app.events.length - 1].opid) return
+  app.events.push(e)
+  const cur = route()
+  if (cur.tab === 'timeline') { clearTimeout(stateTimer); stateTimer = setTimeout(() => { const b = document.getElementById('tab-body'); if (b) renderTimeline(b) }, 100) }
+  if (src.live && TOPO_KINDS.has(e.kind) && cur.tab === 'topology') {
+    clearTimeout(stateTimer)
+    stateTimer = setTimeout(async () => {
+      const st = await src.state(cur.run)
+      const b = document.getElementById('tab-body')
+      if (st && b && route().tab === 'topology' && route().run === cur.run) { app.state = st; renderTopology(b, st) }
+    }, 300)
+  }
+}
+
+// ---------------------------------------------------------------- topology
+
+function layoutTopology(state) {
+  const routers = state.routers || {}, devices = state.devices || {}
+  const kids = new Map([['__ix', []]])
+  for (const name of Object.keys(routers).sort()) kids.set(name, [])
+  for (const [name, r] of Object.entries(routers).sort()) {
+    const up = r.upstream && routers[r.upstream] ? r.upstream : '__ix'
+    kids.get(up).push({ type: 'router', name })
+  }
+  for (const [name, d] of Object.entries(devices).sort()) {
+    const ifs = d.interfaces || []
+    const main = ifs.find((i) => i.name === d.default_via) || ifs[0]
+    const at = main && kids.has(main.router) ? main.router : '__ix'
+    kids.get(at).push({ type: 'device', name })
+  }
+  const pos = new Map()
+  let col = 0, depthMax = 0
+  const place = (key, depth, seen) => {
+    depthMax = Math.max(depthMax, depth)
+    const ch = seen.has(key) ? [] : (kids.get(key) || [])
+    seen.add(key)
+    if (!ch.length) { pos.set(key, { x: col++, depth }); return }
+    const xs = ch.map((c) => { place(c.type === 'router' ? c.name : `dev:${c.name}`, depth + 1, seen); return pos.get(c.type === 'router' ? c.name : `dev:${c.name}`).x })
+    pos.set(key, { x: (Math.min(...xs) + Math.max(...xs)) / 2, depth })
+  }
+  place('__ix', 0, new Set())
+  return { pos, cols: Math.max(col, 1), depthMax }
+}
+
+function renderTopology(body, state) {
+  if (!state) { body.replaceChildren(h('div', { class: 'empty' }, 'no topology yet (state.json not written or not readable)')); return }
+  const { pos, cols, depthMax } = layoutTopology(state)
+  const W = 190, H = 130, PAD = 20
+  const width = Math.max(cols * W, 420), height = depthMax * H + 2 * PAD + 70
+  const at = (key) => { const p = pos.get(key); return { x: PAD + p.x * W + W / 2 - 10, y: PAD + p.depth * H + 35 } }
+  const edges = s('g', { class: 'edges' }), nodes = s('g', { class: 'nodes' })
+  const detail = h('div', { class: 'detail', id: 'node-detail' }, h('div', { class: 'muted' }, 'click a node for its details'))
+  const show = (title, obj) => detail.replaceChildren(h('h3', {}, title), kv(obj))
+  const ix = state.ix || {}
+  const ixp = at('__ix')
+  nodes.append(s('g', { class: 'node topo-ix', 'data-name': 'ix', transform: `translate(${ixp.x},${ixp.y})`, onclick: () => show('IX (internet)', ix) },
+    s('rect', { x: -80, y: -22, width: 160, height: 44, rx: 22 }),
+    s('text', { y: -3, class: 'name' }, 'IX'), s('text', { y: 13, class: 'sub' }, ix.cidr || '')))
+  for (const [name, r] of Object.entries(state.routers || {})) {
+    const p = at(name)
+    const up = r.upstream && pos.has(r.upstream) ? at(r.upstream) : ixp
+    edges.append(s('line', { x1: up.x, y1: up.y, x2: p.x, y2: p.y }))
+    if (r.uplink_ip) edges.append(s('text', { x: (up.x + p.x) / 2 + 4, y: (up.y + p.y) / 2, class: 'elabel' }, r.uplink_ip))
+    const nat = natText(r.nat)
+    nodes.append(s('g', { class: 'node topo-router', 'data-name': name, transform: `translate(${p.x},${p.y})`, onclick: () => show(`router ${name}`, r) },
+      s('rect', { x: -78, y: -30, width: 156, height: 60, rx: 6 }),
+      s('text', { y: -12, class: 'name' }, name),
+      s('rect', { x: -40, y: -4, width: 80, height: 16, rx: 8, class: 'nat ' + (nat === 'public' ? 'public' : 'natted') }),
+      s('text', { y: 8, class: 'badge-text' }, nat),
+      s('text', { y: 25, class: 'sub' }, r.downstream_cidr || '')))
+  }
+  for (const [name, d] of Object.entries(state.devices || {})) {
+    const p = at(`dev:${name}`)
+    const ifs = d.interfaces || []
+    ifs.forEach((i, n) => {
+      const r = pos.has(i.router) ? at(i.router) : ixp
+      const cond = linkText(i.link_condition)
+      edges.append(s('line', { x1: r.x, y1: r.y, x2: p.x, y2: p.y, class: n && i.name !== d.default_via ? 'secondary' : (cond ? 'impaired' : '') }))
+      if (cond) edges.append(s('text', { x: (r.x + p.x) / 2 + 4, y: (r.y + p.y) / 2 + 12 * n, class: 'elabel cond' }, `${i.name}: ${cond}`))
+    })
+    const lines = ifs.map((i) => `${i.name} ${i.ip || '—'}`)
+    const hgt = 26 + lines.length * 14
+    nodes.append(s('g', { class: 'node topo-device', 'data-name': name, transform: `translate(${p.x},${p.y})`, onclick: () => show(`device ${name}`, d) },
+      s('rect', { x: -78, y: -hgt / 2, width: 156, height: hgt, rx: 6 }),
+      s('text', { y: -hgt / 2 + 16, class: 'name' }, name),
+      lines.map((l, n) => s('text', { y: -hgt / 2 + 31 + n * 14, class: 'sub' }, l))))
+  }
+  const svg = s('svg', { class: 'topology', viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': 'topology' }, edges, nodes)
+  body.replaceChildren(h('div', { class: 'topo-wrap' }, h('div', { class: 'svg-wrap' }, svg), detail))
+}
+
+function kv(obj) {
+  if (obj == null || typeof obj !== 'object') return h('span', {}, String(obj))
+  return h('table', { class: 'kv' }, Object.entries(obj).map(([k, v]) =>
+    h('tr', {}, h('th', {}, k), h('td', {}, v != null && typeof v === 'object' ? (Array.isArray(v) && v.every((x) => typeof x !== 'object') ? v.join(', ') : kv(v)) : String(v)))))
+}
+
+// ---------------------------------------------------------------- results
+
+const METRICS = [['secs', 'Duration (s)', 3], ['down', 'Down MB/s', 2], ['up', 'Up MB/s', 2], ['latency', 'Latency (ms)', 2]]
+
+function barTable(rows, lead) {
+  const max = Object.fromEntries(METRICS.map(([k]) => [k, Math.max(0, ...rows.map((r) => r[k] || 0))]))
+  return h('table', { class: 'results' },
+    h('thead', {}, h('tr', {}, lead.map(([, t]) => h('th', {}, t)), METRICS.map(([, t]) => h('th', { class: 'num' }, t)))),
+    h('tbody', {}, rows.map((r) => h('tr', { 'data-step': r.id },
+      lead.map(([k]) => h('td', {}, r[k] instanceof Node ? r[k] : String(r[k] ?? ''))),
+      METRICS.map(([k, , d]) => h('td', { class: 'num' },
+        r[k] != null && max[k] > 0 ? h('div', { class: `bar bar-${k}`, style: `width:${(100 * r[k]) / max[k]}%` }) : null,
+        h('span', {}, fmt(r[k], d))))))))
+}
+
+async function renderResults(body, run, sim) {
+  const data = parse(await src.file(run, 'results.json'))
+  if (!data || !Array.isArray(data.steps) || !data.steps.length) {
+    const why = sim && sim.status === 'error' ? 'no results: the sim failed (see above)' : sim ? 'this sim recorded no results' : 'no results yet'
+    body.replaceChildren(h('div', { class: 'empty' }, why))
+    return
+  }
+  body.replaceChildren(h('h2', {}, 'steps'), barTable(data.steps.map(stepRow), [['id', 'Step']]))
+}
+
+// ---------------------------------------------------------------- logs
+
+function renderLogs(body, run, logs, chosen) {
+  const byNode = new Map()
+  for (const l of logs) { if (!byNode.has(l.node)) byNode.set(l.node, []); byNode.get(l.node).push(l) }
+  const pick = chosen && logs.some((l) => l.path === chosen) ? chosen : null
+  const list = h('div', { class: 'log-list' }, [...byNode.entries()].map(([node, ls]) =>
+    h('div', { class: 'log-node' }, h('div', { class: 'node-name' }, node === '_run' ? 'run files' : node),
+      ls.map((l) => h('a', { class: 'log-file' + (l.path === pick ? ' active' : ''), href: hrefRun(run, 'logs', l.path), 'data-path': l.path, title: l.kind }, l.path.replace(`device.${node}.`, '').replace(`router.${node}.`, ''))))))
+  const view = h('pre', { class: 'log-view', id: 'log-view' }, pick ? '' : logs.length ? 'pick a log' : 'no logs yet')
+  const url = pick && src.logUrl(run, pick)
+  const headline = pick ? h('div', { class: 'log-title' }, h('strong', {}, pick), url ? h('a', { href: url, target: '_blank', class: 'raw' }, 'raw') : null, src.live ? h('span', { class: 'muted tailing' }, ' live tail') : null) : null
+  body.replaceChildren(h('div', { class: 'logs-wrap' }, list, h('div', { class: 'log-pane' }, headline, view)))
+  if (pick) tailLog(run, pick, view)
+}
+
+function tailLog(run, path, view) {
+  let offset = 0
+  const dec = new TextDecoder()
+  const tick = async () => {
+    const bytes = await src.logBytes(run, path, offset)
+    if (view.isConnected === false) return
+    if (bytes && bytes.length) {
+      offset += bytes.length
+      const atEnd = view.scrollTop + view.clientHeight >= view.scrollHeight - 4
+      view.append(dec.decode(bytes, { stream: true }))
+      if (atEnd) view.scrollTop = view.scrollHeight
+    }
+    if (src.live) app.logTimer = setTimeout(tick, 1000)
+  }
+  tick()
+}
+
+// ---------------------------------------------------------------- timeline
+
+function eventNode(e) { return e.name || e.device || e.router || e.node || 'lab' }
+
+function renderTimeline(body) {
+  const evs = app.events
+  if (!evs.length) { body.replaceChildren(h('div', { class: 'empty' }, 'no events yet')); return }
+  const t0 = Date.parse(evs[0].timestamp) || 0
+  const rel = (e) => ((Date.parse(e.timestamp) || t0) - t0) / 1000
+  const lanes = [...new Set(evs.map(eventNode))]
+  const span = Math.max(rel(evs[evs.length - 1]), 0.001)
+  const W = 760, LH = 20, L = 110
+  const chart = s('svg', { class: 'lanes', viewBox: `0 0 ${W + L + 10} ${lanes.length * LH + 24}`, width: W + L + 10, height: lanes.length * LH + 24 },
+    lanes.map((n, i) => [s('text', { x: 4, y: i * LH + 14, class: 'lane-name' }, n), s('line', { x1: L, x2: L + W, y1: i * LH + 10, y2: i * LH + 10, class: 'lane' })]),
+    evs.map((e) => s('circle', { cx: L + (W * rel(e)) / span, cy: lanes.indexOf(eventNode(e)) * LH + 10, r: 5, class: `ev ev-${e.kind}` }, s('title', {}, `+${rel(e).toFixed(3)} s ${e.kind} ${eventNode(e)}`))),
+    s('text', { x: L, y: lanes.length * LH + 20, class: 'lane-name' }, '0 s'), s('text', { x: L + W - 40, y: lanes.length * LH + 20, class: 'lane-name' }, `${span.toFixed(2)} s`))
+  const skip = new Set(['opid', 'timestamp', 'kind'])
+  const table = h('table', { class: 'events' },
+    h('thead', {}, h('tr', {}, ['time', 'opid', 'kind', 'node', 'details'].map((t) => h('th', {}, t)))),
+    h('tbody', {}, evs.map((e) => h('tr', { class: `ev-row ev-${e.kind}` }, h('td', {}, `+${rel(e).toFixed(3)} s`), h('td', {}, e.opid), h('td', { class: 'kind' }, e.kind), h('td', {}, eventNode(e)),
+      h('td', { class: 'details' }, JSON.stringify(Object.fromEntries(Object.entries(e).filter(([k]) => !skip.has(k)))))))))
+  body.replaceChildren(h('div', { class: 'svg-wrap' }, chart), table)
+}
+
+// ---------------------------------------------------------------- invocation summary
+
+async function renderInvocation(main, inv) {
+  const runs = app.runs.filter((r) => r.invocation === inv)
+  const [prog, combined, sims] = await Promise.all([src.progress(inv), src.combined(inv), Promise.all(runs.map((r) => simJson(r.name)))])
+  if (prog) app.progress[inv] = prog
+  let results = combined && Array.isArray(combined.runs) && combined.runs.length ? combined.runs : null
+  if (!results) { // still running: put it together from each sim's results.json
+    results = (await Promise.all(runs.map(async (r) => ({ sim: r.label || base(r.name), sim_dir: base(r.name), run: r.name, ...(parse(await src.file(r.name, 'results.json')) || {}) }))))
+  }
+  const simsList = (prog && prog.simulations) || runs.map((r) => ({ sim: r.label || base(r.name), sim_dir: base(r.name), status: r.status }))
+  const runFor = (x) => runs.find((r) => base(r.name) === base(x.sim_dir)) || runs.find((r) => r.label === x.sim)
+  const resFor = (x) => results.find((c) => base(c.sim_dir) === base(x.sim_dir) || c.sim === x.sim)
+  const summaryRows = simsList.map((x) => {
+    const r = runFor(x)
+    const sj = r ? sims[runs.indexOf(r)].data : null
+    const steps = ((resFor(x) || {}).steps || []).map(stepRow)
+    const mx = (k) => { const v = steps.map((st) => st[k]).filter((v) => v != null); return v.length ? Math.max(...v) : null }
+    const err = (sj && sj.error) || (x.error ? { message: x.error } : null)
+    const stepTxt = err && err.step ? `step ${err.step.index ?? '?'} ${err.step.id || err.step.action || ''}: ` : ''
+    return h('tr', { 'data-sim': x.sim, class: `st-row-${(sj && sj.status) || x.status}` },
+      h('td', {}, r ? h('a', { href: hrefRun(r.name) }, x.sim) : x.sim), h('td', {}, statusBadge((sj && sj.status) || x.status)),
+      h('td', { class: 'num' }, x.runtime_ms != null ? (x.runtime_ms / 1000).toFixed(1) : sj && sj.runtime_ms != null ? (sj.runtime_ms / 1000).toFixed(1) : '—'),
+      h('td', { class: 'num' }, steps.length), h('td', { class: 'num' }, fmt(mx('down'))), h('td', { class: 'num' }, fmt(mx('up'))), h('td', { class: 'num' }, fmt(mx('latency'))),
+      h('td', { class: 'err' }, err ? (r ? h('a', { href: hrefRun(r.name), class: 'errlink' }, stepTxt + (err.message || '')) : stepTxt + (err.message || '')) : ''))
+  })
+  const all = []
+  for (const x of simsList) for (const st of ((resFor(x) || {}).steps || [])) all.push({ sim: x.sim, ...stepRow(st) })
+  const head = prog ? h('div', { class: 'inv-status' }, statusBadge(prog.status), ` ${prog.completed ?? '?'}/${prog.total ?? '?'} done, ${prog.ok ?? 0} ok, ${prog.error ?? 0} failed`,
+    prog.current_sim && prog.status === 'running' ? ` — running ${prog.current_sim}` : '', prog.started_at ? h('span', { class: 'muted' }, ` started ${prog.started_at}`) : null) : null
+  put(main, h('div', { class: 'run-head' }, h('h1', {}, inv), h('span', { class: 'run-name' }, 'combined')), head,
+    h('h2', {}, 'summary'),
+    h('table', { class: 'summary' }, h('thead', {}, h('tr', {}, ['Sim', 'Status', 'Runtime (s)', 'Steps', 'Max Down MB/s', 'Max Up MB/s', 'Max Latency (ms)', 'Error'].map((t) => h('th', {}, t)))), h('tbody', {}, summaryRows)),
+    h('h2', {}, 'all steps'), all.length ? barTable(all, [['sim', 'Sim'], ['id', 'Step']]) : h('div', { class: 'empty' }, 'no step results yet'))
+}
+
+// ---------------------------------------------------------------- start
+
+async function refresh() {
+  await loadRuns()
+  renderPicker()
+  const cur = route()
+  // A running invocation's summary and a run's status follow the files.
+  if (cur.inv || cur.tab !== 'logs') await renderView()
+}
+
+async function start() {
+  document.getElementById('source').textContent = src.live ? 'live' : `report generated ${window.PATCHBAY_REPORT.generated_at || ''}`
+  await loadRuns()
+  renderPicker()
+  await renderView()
+  window.__patchbayFirstRender = performance.now()
+  document.body.setAttribute('data-ready', '1')
+  window.addEventListener('hashchange', async () => { renderPicker(); await renderView() })
+  let pending = null
+  src.subscribeRuns(() => { clearTimeout(pending); pending = setTimeout(refresh, 150) })
+}
+
+start()
