@@ -20,7 +20,9 @@ from .downloads import download
 from .errors import TaskError, UsageError
 from .files import copy_executable
 from .runner import HTTP_TIMEOUT, extract_member, run_checked
-from .simfiles import load_toml, show_path
+from .simcore import model, reader
+from .simcore.model import SimError
+from .simfiles import show_path
 
 OVERRIDE_MODES = ("path", "fetch", "build")
 SIM_MODES = ("path", "fetch", "build", "target")
@@ -103,131 +105,46 @@ def merge(
 # ── sim-declared entries ─────────────────────────────────────────────────────
 
 
+def _usage(err: SimError) -> UsageError:
+    # The reader's message (file: key: what) is already the user's message.
+    return UsageError(str(err))
+
+
 def infer_mode(entry: Mapping[str, Any], source: Path | str | None = None) -> str:
     """Mode of a `[[binary]]` entry: explicit, else path -> path, url -> fetch,
     repo/example/bin -> build."""
-    name = entry.get("name", "?")
-    where = f" in {show_path(Path(source))}" if source else ""
-    mode = entry.get("mode")
-    if mode is not None:
-        if mode not in SIM_MODES:
-            raise UsageError(
-                f"binary {name!r}{where}: unknown mode {mode!r}; use one of {', '.join(SIM_MODES)}"
-            )
-        return mode
-    if entry.get("path"):
-        return "path"
-    if entry.get("url"):
-        return "fetch"
-    if entry.get("repo") or entry.get("example") or entry.get("bin"):
-        return "build"
-    raise UsageError(
-        f"binary {name!r}{where} has no source; give it path, url, repo, example or bin"
-    )
+    where = show_path(Path(source)) if source else "<sim>"
+    key = f"binary.{entry.get('name', '?')}"
+    try:
+        return reader.infer_binary_mode(dict(entry), where, key)
+    except SimError as err:
+        raise _usage(err) from None
 
 
-def _opt_str(entry: Mapping[str, Any], key: str, name: str, where: str) -> str | None:
-    value = entry.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise UsageError(f"binary {name!r} in {where}: {key} must be a string")
-    return value
-
-
-def spec_from_entry(entry: Any, source: Path) -> BinarySpec:
-    """A BinarySpec from one `[[binary]]` table of the file `source`."""
-    where = show_path(source)
-    if not isinstance(entry, dict):
-        raise UsageError(f"{where}: each [[binary]] must be a table with a name")
-    name = entry.get("name")
-    if not isinstance(name, str) or not name:
-        raise UsageError(f'{where}: a [[binary]] entry has no name; add name = "..."')
-    _check_name(name, where)
-    mode = infer_mode(entry, source)
-    features = entry.get("features", [])
-    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-        raise UsageError(f"binary {name!r} in {where}: features must be a list of strings")
-    all_features = entry.get("all-features", entry.get("all_features", False))
-    if not isinstance(all_features, bool):
-        raise UsageError(f"binary {name!r} in {where}: all-features must be true or false")
-    path = _opt_str(entry, "path", name, where)
-    url = _opt_str(entry, "url", name, where)
-    repo = _opt_str(entry, "repo", name, where)
-    commit = _opt_str(entry, "commit", name, where)
+def spec_from_binary(binary: model.Binary) -> BinarySpec:
+    """The host's BinarySpec of a `[[binary]]` entry the reader parsed."""
+    _check_name(binary.name, f"{show_path(Path(binary.origin))}: binary.{binary.name}")
     return BinarySpec(
-        name=name,
-        mode=mode,
-        value=path or url or "",
-        example=_opt_str(entry, "example", name, where),
-        bin=_opt_str(entry, "bin", name, where),
-        features=tuple(features),
-        all_features=all_features,
-        repo=repo,
-        # SIM-FORMAT: commit defaults to main when a repo is given.
-        commit=commit or ("main" if repo else None),
-        origin=str(source),
+        name=binary.name,
+        mode=binary.mode,
+        value=binary.path or binary.url or "",
+        example=binary.example,
+        bin=binary.bin,
+        features=binary.features,
+        all_features=binary.all_features,
+        repo=binary.repo,
+        commit=binary.commit,
+        origin=binary.origin,
     )
-
-
-def _entries(data: Mapping[str, Any], source: Path) -> dict[str, BinarySpec]:
-    raw = data.get("binary", [])
-    if not isinstance(raw, list):
-        raise UsageError(f"{show_path(source)}: use [[binary]] (an array of tables) for binaries")
-    # Within one file the later entry wins, as in the runner.
-    return {spec.name: spec for spec in (spec_from_entry(e, source) for e in raw)}
-
-
-def find_referenced(ref: str, referrer: Path, what: str) -> Path:
-    """A file named by `[[extends]]` or `[sim] binaries`: next to the referring file,
-    then one folder up, then in the cwd."""
-    rel = Path(ref).expanduser()
-    if rel.is_absolute():
-        candidates = [rel]
-    else:
-        here = referrer.parent
-        candidates = [here / rel, here.parent / rel, Path.cwd() / rel]
-    for cand in candidates:
-        if cand.is_file():
-            return cand.resolve()
-    raise UsageError(
-        f"{show_path(referrer)}: {what} file {ref!r} not found (looked in "
-        f"{', '.join(str(c.parent) for c in candidates)}); fix the file name"
-    )
-
-
-def _file_binaries(path: Path, stack: tuple[Path, ...]) -> dict[str, BinarySpec]:
-    if path in stack:
-        chain = " -> ".join(show_path(p) for p in (*stack, path))
-        raise UsageError(f"[[extends]] loop: {chain}; remove one of the extends")
-    data = load_toml(path)
-    stack = (*stack, path)
-    merged: dict[str, BinarySpec] = {}
-    extends = data.get("extends", [])
-    if isinstance(extends, dict):  # a single [extends] table
-        extends = [extends]
-    if not isinstance(extends, list):
-        raise UsageError(f'{show_path(path)}: write [[extends]] with file = "other.toml"')
-    for ext in extends:
-        ref = ext.get("file") if isinstance(ext, dict) else None
-        if not isinstance(ref, str) or not ref:
-            raise UsageError(f'{show_path(path)}: an [[extends]] has no file = "other.toml"')
-        # In order: a later extends wins over an earlier one.
-        merged.update(_file_binaries(find_referenced(ref, path, "[[extends]]"), stack))
-    sim = data.get("sim", {})
-    shared = sim.get("binaries") if isinstance(sim, dict) else None
-    if shared is not None:
-        if not isinstance(shared, str) or not shared:
-            raise UsageError(f"{show_path(path)}: [sim] binaries must name a TOML file")
-        shared_path = find_referenced(shared, path, "[sim] binaries")
-        merged.update(_entries(load_toml(shared_path), shared_path))
-    merged.update(_entries(data, path))  # the file's own entries win
-    return merged
 
 
 def sim_binaries(sim_file: Path) -> dict[str, BinarySpec]:
     """The binaries one sim sees: extends (recursively), `[sim] binaries`, then its own."""
-    return _file_binaries(sim_file.resolve(), ())
+    try:
+        found = reader.binaries_of(sim_file)
+    except SimError as err:
+        raise _usage(err) from None
+    return {name: spec_from_binary(b) for name, b in found.items()}
 
 
 def collect_sim_binaries(

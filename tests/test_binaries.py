@@ -105,9 +105,9 @@ def test_infer_mode(entry: dict, mode: str) -> None:
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"name": "relay"}, "binary 'relay' in sims/x.toml has no source"),
+        ({"name": "relay"}, "sims/x.toml: binary.relay: has no source"),
         ({"name": "relay", "path": ""}, "give it path, url, repo, example or bin"),
-        ({"name": "relay", "mode": "copy"}, "binary 'relay' in sims/x.toml: unknown mode 'copy'"),
+        ({"name": "relay", "mode": "copy"}, "sims/x.toml: binary.relay.mode: unknown mode 'copy'"),
     ],
 )
 def test_infer_mode_errors(
@@ -241,11 +241,11 @@ def test_extends_recursive_ordered_and_sim_binaries_file(tmp_path: Path) -> None
     [
         (
             {"sims/s.toml": '[[extends]]\nfile = "nope.toml"\n'},
-            "sims/s.toml: [[extends]] file 'nope.toml' not found",
+            "sims/s.toml: extends[0].file: 'nope.toml' not found",
         ),
         (
             {"sims/s.toml": '[sim]\nbinaries = "nope.toml"\n'},
-            "sims/s.toml: [sim] binaries file 'nope.toml' not found",
+            "sims/s.toml: sim.binaries: 'nope.toml' not found",
         ),
         (
             {
@@ -263,9 +263,9 @@ def test_extends_recursive_ordered_and_sim_binaries_file(tmp_path: Path) -> None
         ),
         (
             {"sims/s.toml": "[[binary]]\npath = 'x'\n"},
-            "sims/s.toml: a [[binary]] entry has no name",
+            "sims/s.toml: binary[0]: a [[binary]] entry has no name",
         ),
-        ({"sims/s.toml": "[[binary]]\nname = 'x'\n"}, "binary 'x' in sims/s.toml has no source"),
+        ({"sims/s.toml": "[[binary]]\nname = 'x'\n"}, "sims/s.toml: binary.x: has no source"),
         (
             {"sims/s.toml": "[[binary]]\nname = 'x'\nexample = 'x'\nfeatures = 'a'\n"},
             "features must be a list of strings",

@@ -357,21 +357,24 @@ class _Reader:
             self.check_keys(sim, SIM_KEYS, shown, "sim", "[sim]")
         if sim.get("binaries") is not None:
             shared = self.find_ref(sim["binaries"], path, shown, "sim.binaries")
-            defs.binaries.update(self.binaries_in(read_toml(shared), show_path(shared)))
-        defs.binaries.update(self.binaries_in(data, shown))  # the file's own entries win
+            defs.binaries.update(
+                self.binaries_in(read_toml(shared), show_path(shared), str(shared))
+            )
+        defs.binaries.update(self.binaries_in(data, shown, str(path)))  # own entries win
         if full:
             defs.prepare += self.prepare_in(data, shown)
             defs.templates.update(self.templates_in(data, shown))
             defs.groups.update(self.groups_in(data, shown))
         return data, defs
 
-    def binaries_in(self, data: dict[str, Any], path: str) -> dict[str, model.Binary]:
+    def binaries_in(self, data: dict[str, Any], path: str, origin: str) -> dict[str, model.Binary]:
+        """`path`: the file as shown in messages; `origin`: its resolved path."""
         value = data.get("binary", [])
         if not isinstance(value, list):
             raise SimError(path, "binary", "use [[binary]] (an array of tables) for binaries")
         out: dict[str, model.Binary] = {}
         for i, entry in enumerate(value):
-            b = self.binary(entry, path, i)
+            b = dataclasses.replace(self.binary(entry, path, i), origin=origin)
             out[b.name] = b  # within one file the later entry wins, as in the runner
         return out
 
@@ -1213,7 +1216,7 @@ def plan_text(sim: model.Sim) -> str:
             src.append(f"features={','.join(b.features)}")
         if b.all_features:
             src.append("all-features")
-        lines.append(f"  {b.name}  {b.mode}  {' '.join(src)}  ({b.origin})")
+        lines.append(f"  {b.name}  {b.mode}  {' '.join(src)}  ({show_path(b.origin)})")
     lines.append(f"steps ({len(sim.steps)}):")
     width = len(str(max(len(sim.steps) - 1, 0)))
     for s in sim.steps:
