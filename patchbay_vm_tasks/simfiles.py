@@ -40,11 +40,12 @@ def _inside(path: Path, workspace: Path, shown: str) -> Path:
     return real
 
 
-def expand_sim_args(args: list[str], workspace: Path) -> list[Path]:
+def expand_sim_args(args: list[str], workspace: Path | None) -> list[Path]:
     """Turn --file values (files or folders of *.toml) into resolved sim paths.
 
     Relative values are taken from the cwd. Each sim must lie inside the workspace
-    after symlinks are resolved, and must parse as TOML. Duplicates are dropped.
+    after symlinks are resolved (unless workspace is None: host-only use such as
+    sim.check), and must parse as TOML. Duplicates are dropped.
     """
     if not args:
         raise UsageError("no sim given: pass --file SIM.toml or --file DIR (repeatable)")
@@ -64,12 +65,29 @@ def expand_sim_args(args: list[str], workspace: Path) -> list[Path]:
         else:
             candidates = [(path, arg)]
         for candidate, shown in candidates:
-            real = _inside(candidate, workspace, shown)
+            real = (
+                candidate.resolve() if workspace is None else _inside(candidate, workspace, shown)
+            )
             if real not in out:
                 out.append(real)
     for sim in out:
         load_toml(sim)
     return out
+
+
+def sim_plan(path: Path, strict: bool = True) -> str:
+    """The expanded plan of one sim as the builtin runner reads it (`sim.check`).
+
+    strict: unknown keys are errors (the Rust runner ignores them silently)."""
+    try:
+        return reader.plan_text(reader.load_sim(path, strict=strict))
+    except SimError as err:
+        raise UsageError(str(err)) from None
+
+
+def check_sims(args: list[str]) -> list[Path]:
+    """The sims `sim.check` reads: files or folders as for sim.run, anywhere on the host."""
+    return expand_sim_args(args, None)
 
 
 def guest_sim_path(path: Path, workspace: Path) -> str:

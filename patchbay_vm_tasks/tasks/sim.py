@@ -171,4 +171,21 @@ def _host_facts(s: settings.VmSettings, record: dict, run_id: str) -> dict[str, 
     }
 
 
-sim = Collection("sim", run, inspect, exec)
+@task(
+    iterable=["file"],
+    help={"file": "A sim TOML file, or a folder of them (all *.toml, sorted). Repeatable."},
+)
+def check(c: Context, file: list[str]) -> None:
+    """Read sims on the host as the builtin runner reads them and print each expanded plan
+    (routers, devices, binaries, one line a step). No VM. Unknown keys are errors here."""
+    with task_errors():
+        if not file:
+            raise UsageError("give at least one sim: --file sims/NAME.toml (or a folder)")
+        plans = []
+        for path in simfiles.check_sims(file):
+            plans.append(simfiles.sim_plan(path))
+            print(plans[-1] + "\n", flush=True)
+        say(f"{len(plans)} sim(s) read without error")
+
+
+sim = Collection("sim", run, inspect, exec, check)
