@@ -4,6 +4,7 @@ patchbay-vm up [--recreate]        -> vm.up
 patchbay-vm down|status|cleanup    -> vm.down|vm.status|vm.cleanup
 patchbay-vm ssh [--] CMD...        -> vm.ssh -- CMD...
 patchbay-vm run SIM... [flags]     -> sim.run --file SIM... [flags]
+patchbay-vm check SIM...           -> sim.check --file SIM... (host only, no VM)
 patchbay-vm test [FILTER] [flags] [-- ARGS]  -> test.run [FILTER] [flags] -- ARGS
 """
 
@@ -31,6 +32,7 @@ commands:
   cleanup                  remove stale files and helpers of a dead VM
   ssh [-- CMD ARGS...]     run a command in the guest; no command: a shell
   run SIM... [flags]       run sims in the guest (see `patchbay-vm run --help`)
+  check SIM...             read sims on the host and print their expanded plans
   test [FILTER] [flags] [-- ARGS]
                            build Rust tests and run them in the guest
 
@@ -73,6 +75,11 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
             return ["--help", "sim.run"], None
         sims, flags = split_positionals(rest, RUN_VALUE_FLAGS)
         return ["sim.run", *[x for sim in sims for x in ("--file", sim)], *flags], None
+    if command == "check":
+        if "--help" in rest or "-h" in rest:
+            return ["--help", "sim.check"], None
+        sims, flags = split_positionals(rest, set())
+        return ["sim.check", *[x for sim in sims for x in ("--file", sim)], *flags], None
     if command == "test":
         if "--help" in rest or "-h" in rest:
             return ["--help", "test.run"], None
