@@ -3,6 +3,7 @@
 patchbay-vm up [--recreate]        -> vm.up
 patchbay-vm down|status|cleanup    -> vm.down|vm.status|vm.cleanup
 patchbay-vm ssh [--] CMD...        -> vm.ssh -- CMD...
+patchbay-vm ssh-config|list|destroy|cp ...  -> vm.ssh-config|vm.list|vm.destroy|vm.cp ...
 patchbay-vm run SIM... [flags]     -> sim.run --file SIM... [flags]
 patchbay-vm check SIM...           -> sim.check --file SIM... (host only, no VM)
 patchbay-vm test [FILTER] [flags] [-- ARGS]  -> test.run [FILTER] [flags] -- ARGS
@@ -18,19 +19,36 @@ from .errors import EXIT_USAGE
 from .tasks import namespace
 from .tasks.common import set_remainder
 
-SIMPLE = {"up": "vm.up", "down": "vm.down", "status": "vm.status", "cleanup": "vm.cleanup"}
+SIMPLE = {
+    "up": "vm.up",
+    "down": "vm.down",
+    "status": "vm.status",
+    "cleanup": "vm.cleanup",
+    # Ours, beyond the Rust tool's commands.
+    "ssh-config": "vm.ssh-config",
+    "cp": "vm.cp",
+    "list": "vm.list",
+    "destroy": "vm.destroy",
+}
 # Flags that take a value, per command: everything else without one is positional.
 RUN_VALUE_FLAGS = {"--work-dir", "--binary", "--patchbay-version"}
-TEST_VALUE_FLAGS = {"--target", "--package", "-p", "--test", "--jobs", "-j", "--features", "-F"}
+TEST_VALUE_FLAGS = {
+    "--target", "--package", "-p", "--test", "--jobs", "-j", "--features", "-F", "--timeout",
+}  # fmt: skip
 
 USAGE = """usage: patchbay-vm <command> [args]
 
 commands:
-  up [--recreate]          boot the VM, or reuse the running one
+  up [--recreate] [--refresh]
+                           boot the VM, or reuse the running one
   down                     shut the VM down
   status [--json]          show the VM's state (exit 3 when not running)
   cleanup                  remove stale files and helpers of a dead VM
   ssh [-- CMD ARGS...]     run a command in the guest; no command: a shell
+  ssh-config               print an OpenSSH Host block for the running VM
+  cp SRC DST               copy a file to or from guest:PATH
+  list [--json]            the VMs of this project and their state
+  destroy [--name NAME]    stop a VM and delete its state dir
   run SIM... [flags]       run sims in the guest (see `patchbay-vm run --help`)
   check SIM...             read sims on the host and print their expanded plans
   test [FILTER] [flags] [-- ARGS]

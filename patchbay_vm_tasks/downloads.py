@@ -1,9 +1,16 @@
-"""HTTP downloads: streamed with a progress bar to a temporary name, renamed when whole."""
+"""HTTP downloads: streamed with a progress bar to a temporary name, renamed when whole.
+
+Requests reads the usual proxy variables (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, and
+their lower-case forms) from the environment by itself; nothing here turns that off.
+Also the "at most once a day" rule for checking whether something cached is still the
+newest: `check_due` / `mark_checked` on a stamp file from `stamp_for`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import requests
@@ -16,6 +23,10 @@ CHUNK = 1 << 20
 
 # Seconds, or (connect, read) seconds as requests takes them.
 TimeoutSpec = float | tuple[float, float]
+# A server that does not accept the connection within a few seconds is taken as
+# unreachable; one that accepted may be slow to send.
+DEFAULT_TIMEOUT: TimeoutSpec = (5.0, 30.0)
+ONE_DAY = 24 * 3600.0
 
 
 class Unreachable(TaskError):
@@ -32,7 +43,11 @@ class HttpError(TaskError):
 
 
 def get(
-    url: str, timeout: TimeoutSpec = 30, *, stream: bool = False, failed: str | None = None
+    url: str,
+    timeout: TimeoutSpec = DEFAULT_TIMEOUT,
+    *,
+    stream: bool = False,
+    failed: str | None = None,
 ) -> requests.Response:
     """GET url, following redirects. No answer at all raises Unreachable; any other
     request error raises TaskError starting with `failed` (default "download of URL failed")."""
@@ -65,14 +80,14 @@ def _check_status(url: str, resp: requests.Response) -> None:
         )
 
 
-def fetch_text(url: str, timeout: TimeoutSpec = 30) -> str:
+def fetch_text(url: str, timeout: TimeoutSpec = DEFAULT_TIMEOUT) -> str:
     resp = get(url, timeout)
     _check_status(url, resp)
     return resp.text
 
 
 def download(
-    url: str, dest: Path, expect_sha512: str | None = None, timeout: TimeoutSpec = 30
+    url: str, dest: Path, expect_sha512: str | None = None, timeout: TimeoutSpec = DEFAULT_TIMEOUT
 ) -> str:
     """Download `url` to `dest` with a progress bar on stderr; return its sha512 hex digest.
 
@@ -120,3 +135,30 @@ def sha512_file(path: Path) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def stamp_for(cache_dir: Path, key: str) -> Path:
+    """The stamp file recording when `key` (e.g. a URL) was last checked online."""
+    return cache_dir / f".checked-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def check_due(
+    stamp: Path, *, refresh: bool = False, max_age: float = ONE_DAY, now: float | None = None
+) -> bool:
+    """True when the online check `stamp` records is due: asked for (`refresh`), never
+    done, or older than `max_age` seconds. Lets cached things be used without touching
+    the network on all but the first use of a day."""
+    if refresh:
+        return True
+    try:
+        age = (time.time() if now is None else now) - stamp.stat().st_mtime
+    except OSError:
+        return True
+    return not 0 <= age < max_age
+
+
+def mark_checked(stamp: Path) -> None:
+    """Record that the online check was done now (whatever it found)."""
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
+    os.utime(stamp)

@@ -11,9 +11,10 @@ import re
 import shlex
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import fabric
 import invoke
@@ -147,3 +148,53 @@ def run_root_script(c: invoke.Context, script: str, what: str) -> None:
     if result.exited != 0:
         output = (result.stdout + result.stderr).strip()
         raise VmUnavailable(f"{what} failed in the guest (exit {result.exited}):\n{output}")
+
+
+# --- the host's proxy, for the guest's package installs ---------------------------
+
+# QEMU's user-mode network shows the host's loopback to the guest at this address.
+HOST_FROM_GUEST = "10.0.2.2"
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+APT_PROXY_CONF = "/etc/apt/apt.conf.d/90patchbay-proxy"
+
+
+def guest_proxy_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """http_proxy, https_proxy, no_proxy for the guest, from the host's (either case).
+
+    A proxy on the host's loopback is reached from the guest through QEMU's gateway.
+    """
+    env = {}
+    for name in ("http_proxy", "https_proxy", "no_proxy"):
+        value = environ.get(name) or environ.get(name.upper())
+        if not value:
+            continue
+        if name != "no_proxy":
+            # apt wants a scheme; curl and the rest accept one.
+            value = value if "://" in value else f"http://{value}"
+            parts = urlsplit(value)
+            host = parts.hostname or ""
+            if f"[{host}]" in _LOOPBACK_NAMES or host in _LOOPBACK_NAMES:
+                netloc = parts.netloc.rsplit("@", 1)
+                hostport = HOST_FROM_GUEST + (f":{parts.port}" if parts.port else "")
+                netloc[-1] = hostport
+                value = urlunsplit(parts._replace(netloc="@".join(netloc)))
+        env[name] = value
+    return env
+
+
+def proxy_script(env: Mapping[str, str]) -> str:
+    """Shell lines that export the proxy for the rest of a root script and pin it for
+    apt (so later `apt-get` in the guest uses it too); with no proxy, remove that pin."""
+    lines = []
+    for name, value in env.items():
+        lines.append(f"export {name}={shlex.quote(value)} {name.upper()}={shlex.quote(value)}")
+    apt = [
+        f'Acquire::{scheme}::Proxy "{env[f"{scheme}_proxy"]}";'
+        for scheme in ("http", "https")
+        if f"{scheme}_proxy" in env and '"' not in env[f"{scheme}_proxy"]
+    ]
+    if apt:
+        lines.append(f"printf '%s\\n' {' '.join(shlex.quote(a) for a in apt)} > {APT_PROXY_CONF}")
+    else:
+        lines.append(f"rm -f {APT_PROXY_CONF}")
+    return "\n".join(lines)

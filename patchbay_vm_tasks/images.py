@@ -23,7 +23,15 @@ from urllib.parse import unquote, urlparse
 from filelock import FileLock
 
 from . import provision
-from .downloads import Unreachable, download, fetch_text, sha512_file
+from .downloads import (
+    Unreachable,
+    check_due,
+    download,
+    fetch_text,
+    mark_checked,
+    sha512_file,
+    stamp_for,
+)
 from .errors import TaskError, UsageError, VmUnavailable
 from .ui import console, say, warn
 
@@ -72,8 +80,15 @@ class BaseImage:
     cmdline: str = ""
 
 
-def ensure_base_image(url: str, cache_dir: Path, arch: str, mirror: str) -> BaseImage:
-    """Resolve QEMU_VM_IMAGE_URL to a local base image, downloading or building it."""
+def ensure_base_image(
+    url: str, cache_dir: Path, arch: str, mirror: str, refresh: bool = False
+) -> BaseImage:
+    """Resolve QEMU_VM_IMAGE_URL to a local base image, downloading or building it.
+
+    A cached download is used without touching the network, except that once a day
+    (or with `refresh`) `SHA512SUMS` is asked whether a newer image was published.
+    Local and downloaded files are checked to be disk images before anything boots.
+    """
     if url.startswith("debian:"):
         return build_debian_image(url.split(":", 1)[1], arch, mirror, cache_dir)
     parsed = urlparse(url)
@@ -81,23 +96,53 @@ def ensure_base_image(url: str, cache_dir: Path, arch: str, mirror: str) -> Base
         path = Path(unquote(parsed.path) if parsed.scheme == "file" else url).expanduser()
         if not path.is_file():
             raise UsageError(f"QEMU_VM_IMAGE_URL: no image file at {path}")
-        return BaseImage(path.resolve(), image_format(path))
+        return BaseImage(path.resolve(), inspect_image(path))
     if parsed.scheme not in ("http", "https"):
         raise UsageError(
             f"QEMU_VM_IMAGE_URL: {url!r} is not an http(s) URL, a file path or debian:<suite>"
         )
     try:
-        return BaseImage(download_verified_image(url, cache_dir))
+        path = cached_or_downloaded_image(url, cache_dir, refresh)
     except Unreachable as e:
-        if not shutil.which("mmdebstrap"):
+        if debian_build_cached(FALLBACK_SUITE, arch, cache_dir):
+            warn(f"{e}; using the cached debian:{FALLBACK_SUITE} guest image instead")
+        elif not shutil.which("mmdebstrap"):
             raise VmUnavailable(
                 f"{e}\nInstall mmdebstrap to build the guest image from a Debian mirror instead, "
                 f"or set QEMU_VM_IMAGE_URL to a local image file."
             ) from None
-        warn(
-            f"{e}; building the guest image from Debian packages instead (debian:{FALLBACK_SUITE})"
-        )
+        else:
+            warn(f"{e}; building the guest image from Debian packages (debian:{FALLBACK_SUITE})")
         return build_debian_image(FALLBACK_SUITE, arch, mirror, cache_dir)
+    return BaseImage(path, inspect_image(path))
+
+
+def cached_or_downloaded_image(url: str, cache_dir: Path, refresh: bool = False) -> Path:
+    """The image for `url`: the newest cached copy while its daily check is not due,
+    else the one `SHA512SUMS` names now (downloaded when new)."""
+    name = Path(urlparse(url).path).name
+    stamp = stamp_for(cache_dir, url)
+    cached = newest_cached(cache_dir, name)
+    if cached and not check_due(stamp, refresh=refresh):
+        say(f"using cached image {cached}")
+        return cached
+    try:
+        path = download_verified_image(url, cache_dir)
+    except Unreachable:
+        if cached:
+            mark_checked(stamp)  # offline: do not wait on the network again today
+        raise
+    mark_checked(stamp)
+    return path
+
+
+def newest_cached(cache_dir: Path, name: str) -> Path | None:
+    """The most recently stored download named `name`. Downloads are renamed into the
+    cache only when whole and verified, under their digest's folder, so no re-hash."""
+    candidates = [
+        p for p in cache_dir.glob(f"*/{name}") if re.fullmatch(r"[0-9a-f]{16}", p.parent.name)
+    ]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
 
 
 def parse_sha512sums(text: str, filename: str) -> str | None:
@@ -118,7 +163,7 @@ def download_verified_image(url: str, cache_dir: Path) -> Path:
         # Offline: a cached copy that still matches the digest it was stored under will do.
         cached = _newest_verified(cache_dir, name)
         if cached:
-            warn(f"cannot reach {sums_url}; using the cached {cached}")
+            warn(f"cannot reach {sums_url} to look for a newer image; using cached image {cached}")
             return cached
         raise
     if expected is None:
@@ -129,9 +174,11 @@ def download_verified_image(url: str, cache_dir: Path) -> Path:
     with FileLock(str(cache_dir / f".{name}.lock")):
         if path.exists():
             if sha512_file(path) == expected:
+                say(f"using cached image {path} (the newest published)")
                 return path
             warn(f"cached {path} does not match its checksum; downloading it again")
             path.unlink()
+        say(f"downloading {url}")
         try:
             download(url, path, expect_sha512=expected)
         except Unreachable:
@@ -149,7 +196,19 @@ def _newest_verified(cache_dir: Path, name: str) -> Path | None:
     return None
 
 
+# Where a disk image shows what it holds (offsets in bytes).
+MBR_SIGNATURE = (510, b"\x55\xaa")
+GPT_SIGNATURE = (512, b"EFI PART")
+EXT_MAGIC = (1080, b"\x53\xef")  # 0xEF53, little-endian, in the ext2/3/4 superblock
+PROBE_BYTES = 1536
+
+
 def image_format(path: Path) -> str:
+    """The format `qemu-img info` sees in `path`; UsageError when it cannot read it."""
+    return _qemu_img_info(path)["format"]
+
+
+def _qemu_img_info(path: Path) -> dict:
     out = subprocess.run(
         ["qemu-img", "info", "--output", "json", str(path)],
         capture_output=True,
@@ -157,7 +216,67 @@ def image_format(path: Path) -> str:
     )
     if out.returncode != 0:
         raise UsageError(f"{path}: not a disk image qemu-img can read: {out.stderr.strip()}")
-    return json.loads(out.stdout)["format"]
+    return json.loads(out.stdout)
+
+
+def describe_boot_content(head: bytes) -> str | None:
+    """What makes the first bytes of a disk bootable-looking, or None."""
+    for what, (offset, magic) in (
+        ("a GPT partition table", GPT_SIGNATURE),
+        ("an MBR partition table", MBR_SIGNATURE),
+        ("an ext filesystem", EXT_MAGIC),
+    ):
+        if head[offset : offset + len(magic)] == magic:
+            return what
+    return None
+
+
+def _describe_bytes(head: bytes, size: int) -> str:
+    if not head.strip(b"\0"):
+        return f"a {size}-byte disk whose first {len(head)} bytes are zero: an empty disk"
+    printable = all(32 <= b < 127 or b in b"\t\r\n" for b in head[:200])
+    if printable:
+        return f"{size} bytes of text starting {head[:40].decode('ascii')!r}"
+    return f"{size} bytes of data starting {head[:16].hex(' ')}"
+
+
+def _read_head(path: Path, fmt: str) -> bytes | None:
+    """The first PROBE_BYTES of the guest-visible disk; None when they cannot be had cheaply."""
+    if fmt == "raw":
+        with open(path, "rb") as f:
+            return f.read(PROBE_BYTES)
+    with tempfile.TemporaryDirectory(prefix="pbvm-probe-") as tmp:
+        out = Path(tmp) / "head.raw"
+        argv = [
+            "qemu-img", "dd", "-f", fmt, "-O", "raw",
+            f"bs={PROBE_BYTES}", "count=1", f"if={path}", f"of={out}",
+        ]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0 or not out.exists():
+            return None
+        return out.read_bytes()
+
+
+def inspect_image(path: Path) -> str:
+    """The format of `path` after checking it is a usable disk image: readable by
+    qemu-img, not empty, and with a partition table or a filesystem at the start.
+    Raises UsageError (exit 2) saying what was found, before anything boots."""
+    info = _qemu_img_info(path)
+    fmt = info.get("format", "?")
+    size = int(info.get("virtual-size") or 0)
+    if size <= 0:
+        raise UsageError(f"QEMU_VM_IMAGE_URL: {path} is a {fmt} image of size 0")
+    head = _read_head(path, fmt)
+    if head is None:
+        return fmt  # cannot look inside cheaply; qemu-img accepts it
+    if describe_boot_content(head) is None:
+        if fmt == "raw":
+            size = path.stat().st_size  # qemu-img rounds a raw file up to whole sectors
+        raise UsageError(
+            f"QEMU_VM_IMAGE_URL: {path} is not a usable disk image: qemu-img reads it as {fmt}, "
+            f"but it has no partition table and no filesystem ({_describe_bytes(head, size)})"
+        )
+    return fmt
 
 
 def build_key(suite: str, arch: str) -> str:
@@ -169,7 +288,7 @@ def build_debian_image(suite: str, arch: str, mirror: str, cache_dir: Path) -> B
     """A Debian `suite` guest built with mmdebstrap, kernel and initrd beside the qcow2."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", suite):
         raise UsageError(f"QEMU_VM_IMAGE_URL: debian:{suite}: not a Debian suite name")
-    out = cache_dir / f"debian-{suite}-{arch}-{build_key(suite, arch)}"
+    out = _build_dir(suite, arch, cache_dir)
     image = BaseImage(
         out / "disk.qcow2",
         kernel=out / "vmlinuz",
@@ -177,6 +296,7 @@ def build_debian_image(suite: str, arch: str, mirror: str, cache_dir: Path) -> B
         cmdline="root=/dev/vda rw console=ttyS0",
     )
     if (out / "build.json").exists():
+        say(f"using cached debian:{suite} guest image {out}")
         return image
     cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache_dir / f".{out.name}.lock")):
@@ -184,6 +304,14 @@ def build_debian_image(suite: str, arch: str, mirror: str, cache_dir: Path) -> B
             return image
         _build(suite, arch, mirror, out)
     return image
+
+
+def _build_dir(suite: str, arch: str, cache_dir: Path) -> Path:
+    return cache_dir / f"debian-{suite}-{arch}-{build_key(suite, arch)}"
+
+
+def debian_build_cached(suite: str, arch: str, cache_dir: Path) -> bool:
+    return (_build_dir(suite, arch, cache_dir) / "build.json").exists()
 
 
 def _build(suite: str, arch: str, mirror: str, out: Path) -> None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import fabric
 
 from . import cloudinit, guest, keys, provision, qemu, shares
-from .errors import UsageError, VmUnavailable
+from .errors import TaskError, UsageError, VmUnavailable
 from .images import BaseImage, ensure_base_image
 from .settings import VmSettings
 from .state import StateDir, locked
@@ -55,8 +58,11 @@ def mount_record(settings: VmSettings) -> list[dict[str, str]]:
 # --- up --------------------------------------------------------------------------
 
 
-def up(settings: VmSettings, recreate: bool = False) -> Vm:
-    """Boot the VM or reuse the running one; make sure the mounts are there."""
+def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> Vm:
+    """Boot the VM or reuse the running one; make sure the mounts are there.
+
+    `refresh`: look for a newer base image now, not only on the first boot of the day.
+    """
     state = state_of(settings)
     with locked(state):
         pid = running_pid(state)
@@ -76,7 +82,7 @@ def up(settings: VmSettings, recreate: bool = False) -> Vm:
         if recreate:
             for path in (state.disk, state.seed):
                 path.unlink(missing_ok=True)
-        return _boot(settings, state)
+        return _boot(settings, state, refresh)
 
 
 def _check_same_mounts(settings: VmSettings, record: dict[str, Any]) -> None:
@@ -108,23 +114,34 @@ def _connect(state: StateDir, record: dict[str, Any]) -> fabric.Connection:
 
 
 def _guest_script(settings: VmSettings, fs_mode: str) -> str:
-    return (
-        shares.mount_script(settings.mounts(), fs_mode, settings.ssh_user) + "\n" + provision.SCRIPT
+    # The proxy settings come first: provisioning may run apt-get.
+    return "\n".join(
+        [
+            guest.proxy_script(guest.guest_proxy_env(os.environ)),
+            shares.mount_script(settings.mounts(), fs_mode, settings.ssh_user),
+            provision.SCRIPT,
+        ]
     )
 
 
-def _boot(settings: VmSettings, state: StateDir) -> Vm:
+def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
     started = time.monotonic()
+    # First, so a bad image is refused (exit 2) before anything is created or started.
+    base = ensure_base_image(
+        settings.image_url,
+        settings.image_cache_dir,
+        settings.arch,
+        settings.debian_mirror,
+        refresh=refresh,
+    )
     for _guest, host, _access in settings.mounts():
         host.mkdir(parents=True, exist_ok=True)
-    base = ensure_base_image(
-        settings.image_url, settings.image_cache_dir, settings.arch, settings.debian_mirror
-    )
     client_key = keys.ensure_keypair(state.key, f"patchbay-vm-{settings.name}")
     host_key = keys.ensure_keypair(state.host_key, f"root@{settings.name}")
     _write_seed(settings, state, client_key, host_key)
     _ensure_disk(settings, state, base)
-    port = pick_ssh_port(settings.ssh_port, settings.ssh_port_explicit)
+    port = pick_ssh_port(settings.ssh_port, settings.ssh_port_explicit, state.read_last_port())
+    state.last_port.write_text(f"{port}\n")
     keys.write_known_hosts(state.known_hosts, port, host_key)
     accel, notes = qemu.choose_accel(settings.qemu_bin, settings.accel, settings.arch)
     for note in notes:
@@ -297,17 +314,32 @@ def _ensure_disk(settings: VmSettings, state: StateDir, base: BaseImage) -> None
         raise VmUnavailable(f"cannot create {state.disk}: {proc.stderr.strip()}")
 
 
-def port_is_free(port: int) -> bool:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when QEMU could listen on host:port.
+
+    QEMU's user-mode network (libslirp) sets SO_REUSEADDR on its forward's listener,
+    so the TIME_WAIT sockets an earlier session left on the port do not stop it;
+    probe the same way, or a `down` then `up` finds its own port "in use" for a
+    minute. (On Windows SO_REUSEADDR would let a port in use be taken, and TIME_WAIT
+    does not block a bind there anyway, so the probe binds plainly.)
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        if os.name != "nt":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
+            s.listen(1)
         except OSError:
             return False
     return True
 
 
-def pick_ssh_port(wanted: int, explicit: bool) -> int:
-    """`wanted` when free; else a free port, unless the user asked for `wanted` (SPEC 9.8)."""
+def pick_ssh_port(wanted: int, explicit: bool, previous: int | None = None) -> int:
+    """`wanted` when free; else a free port, unless the user asked for `wanted` (SPEC 9.8).
+
+    With the default port taken, the port of the VM's last session comes next (when
+    free), so ssh configs written for it keep working; then any free port.
+    """
     if port_is_free(wanted):
         return wanted
     if explicit:
@@ -315,6 +347,9 @@ def pick_ssh_port(wanted: int, explicit: bool) -> int:
             f"SSH port {wanted} (QEMU_VM_SSH_PORT) is in use on 127.0.0.1; "
             f"choose another or unset it to let one be picked"
         )
+    if previous and previous != wanted and port_is_free(previous):
+        say(f"SSH port {wanted} is in use; using {previous}, as last time")
+        return previous
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -394,6 +429,8 @@ def status(settings: VmSettings) -> dict[str, Any]:
         "mounts": mounts,
         "base_image": record.get("base_image"),
         "started_at": record.get("started_at"),
+        # What this task resolved (flags, env, config, defaults): useful when stopped too.
+        "settings": settings.asked_for(),
     }
 
 
@@ -410,16 +447,190 @@ def format_status(info: dict[str, Any]) -> str:
             f"accel:     {info['accel']}",
             f"fs mode:   {info['fs_mode']}",
         ]
+    elif asked := info.get("settings"):
+        port = f"{asked['ssh_port']}" + ("" if asked["ssh_port_explicit"] else " (default)")
+        lines += [
+            f"would use: {asked['cpus']} CPUs, {asked['mem_mb']} MB, {asked['arch']}, "
+            f"ssh port {port}",
+            f"image:     {asked['image_url']}",
+        ]
     lines.append("mounts:")
     lines += [f"  {m['guest']:<8} <- {m['host']} ({m['access']})" for m in info["mounts"]]
     return "\n".join(lines)
 
 
-def require_running(settings: VmSettings) -> Vm:
-    """Connect to the running VM without booting it (for `vm.ssh`)."""
+def running_record(settings: VmSettings) -> dict[str, Any]:
+    """The runtime record of the running VM; VmUnavailable when it is not running."""
     state = state_of(settings)
     pid = running_pid(state)
     record = state.read_runtime()
     if not pid or not record:
         raise VmUnavailable(f"VM {settings.name} is not running; start it with `vm.up`")
-    return Vm(settings, record, _connect(state, record), booted=False)
+    return record
+
+
+def require_running(settings: VmSettings) -> Vm:
+    """Connect to the running VM without booting it (for `vm.ssh`)."""
+    record = running_record(settings)
+    return Vm(settings, record, _connect(state_of(settings), record), booted=False)
+
+
+# --- ssh-config, cp --------------------------------------------------------------
+
+
+def _ssh_value(value: str) -> str:
+    # ssh_config takes double-quoted arguments; quote only where a space needs it.
+    return f'"{value}"' if any(ch.isspace() for ch in value) else value
+
+
+def ssh_config_text(name: str, port: int, user: str, key: Path, known_hosts: Path) -> str:
+    """An OpenSSH `Host` block for the VM: the pinned host key, checked strictly."""
+    lines = [
+        f"Host {name}",
+        "  HostName 127.0.0.1",
+        f"  Port {port}",
+        f"  User {user}",
+        f"  IdentityFile {_ssh_value(str(key))}",
+        "  IdentitiesOnly yes",
+        f"  UserKnownHostsFile {_ssh_value(str(known_hosts))}",
+        "  StrictHostKeyChecking yes",
+        "  LogLevel ERROR",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def ssh_config(settings: VmSettings) -> str:
+    """The `Host` block of the running VM (`ssh -F FILE NAME`, `scp -F`, `rsync -e`)."""
+    record = running_record(settings)
+    state = state_of(settings)
+    return ssh_config_text(
+        settings.name, record["ssh_port"], record["ssh_user"], state.key, state.known_hosts
+    )
+
+
+GUEST_PREFIX = "guest:"
+
+
+class Direction(Enum):
+    TO_GUEST = "put"
+    FROM_GUEST = "get"
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    direction: Direction
+    local: Path
+    remote: str  # relative paths are from the guest user's home
+
+
+def plan_copy(src: str, dst: str) -> CopyPlan:
+    """Which way `vm.cp SRC DST` copies; exactly one side has the `guest:` prefix."""
+    src_guest, dst_guest = src.startswith(GUEST_PREFIX), dst.startswith(GUEST_PREFIX)
+    if src_guest == dst_guest:
+        raise UsageError(
+            "vm.cp: exactly one of SRC and DST must be a guest path written guest:PATH "
+            f"(got {src!r} and {dst!r})"
+        )
+    if dst_guest:
+        local, remote = Path(src).expanduser(), _remote_path(dst)
+        if local.is_dir():
+            raise UsageError(
+                f"vm.cp: {src} is a directory; vm.cp copies single files "
+                f"(put it under the work dir, shared as /work, or copy a tar file)"
+            )
+        if not local.is_file():
+            raise UsageError(f"vm.cp: no file at {src}")
+        return CopyPlan(Direction.TO_GUEST, local, remote)
+    remote = _remote_path(src)
+    if not remote:
+        raise UsageError("vm.cp: give the guest file to copy: guest:PATH")
+    return CopyPlan(Direction.FROM_GUEST, Path(dst).expanduser(), remote)
+
+
+def _remote_path(spec: str) -> str:
+    path = spec[len(GUEST_PREFIX) :]
+    # SFTP paths start at the home folder and know no `~`.
+    if path == "~":
+        return ""
+    return path[2:] if path.startswith("~/") else path
+
+
+def copy(conn: fabric.Connection, plan: CopyPlan) -> str:
+    """Copy one file over the task's SSH connection (SFTP); returns what was done."""
+    shown = GUEST_PREFIX + (plan.remote or "~")
+    try:
+        if plan.direction is Direction.FROM_GUEST:
+            mode = conn.sftp().stat(plan.remote).st_mode or 0
+            if stat.S_ISDIR(mode):
+                raise UsageError(
+                    f"vm.cp: {shown} is a directory; vm.cp copies single files "
+                    f"(write it under /work, shared with the host, or tar it first)"
+                )
+            local = str(plan.local) + (os.sep if plan.local.is_dir() else "")
+            # Fabric fills {host}-style fields in the local path; keep braces literal.
+            result = conn.get(plan.remote, local.replace("{", "{{").replace("}", "}}"))
+            target = Path(result.local)
+            return f"copied {shown} to {target} ({target.stat().st_size} bytes)"
+        result = conn.put(str(plan.local), plan.remote or None)
+        return f"copied {plan.local} to {GUEST_PREFIX}{result.remote}"
+    except FileNotFoundError:
+        where = shown if plan.direction is Direction.FROM_GUEST else f"the folder of {shown}"
+        raise UsageError(f"vm.cp: {where} does not exist in the guest") from None
+    except PermissionError:
+        raise TaskError(
+            f"vm.cp: permission denied on {shown}: the copy runs as the guest user; copy "
+            f"to /tmp and move it with `vm.ssh -- sudo mv ...`"
+        ) from None
+    except guest.TRANSPORT_ERRORS as e:
+        raise VmUnavailable(f"vm.cp: lost the connection to the guest: {e}") from None
+
+
+# --- list, destroy ---------------------------------------------------------------
+
+
+def list_vms(project_dir: Path) -> list[dict[str, Any]]:
+    """The VMs with a state dir under `.qemu-vm/` of the project, running or not."""
+    vms = []
+    for root in sorted((project_dir / ".qemu-vm").glob("*/")):
+        state = StateDir(root)
+        pid = running_pid(state)
+        record = (state.read_runtime() or {}) if pid else {}
+        vms.append(
+            {
+                "name": root.name,
+                "state": "running" if pid else "stopped",
+                "pid": pid,
+                "ssh_port": record.get("ssh_port"),
+                "last_ssh_port": state.read_last_port(),
+                "state_dir": str(root),
+            }
+        )
+    return vms
+
+
+def format_list(vms: list[dict[str, Any]]) -> str:
+    if not vms:
+        return "no VMs in this project (.qemu-vm/ is empty or absent)"
+    lines = [f"{'NAME':<20} {'STATE':<8} {'PORT':<6} STATE DIR"]
+    for v in vms:
+        port = v["ssh_port"] or "-"
+        lines.append(f"{v['name']:<20} {v['state']:<8} {port!s:<6} {v['state_dir']}")
+    return "\n".join(lines)
+
+
+def destroy(settings: VmSettings) -> str:
+    """Stop the VM if it runs, then delete its state dir (disk, keys, logs). The shared
+    base image cache stays."""
+    state = state_of(settings)
+    if not state.root.is_dir():
+        return f"VM {settings.name} has no state dir ({state.root}); nothing to destroy"
+    with locked(state):
+        pid = running_pid(state)
+        stopped = _stop(state, pid, state.read_runtime()) if pid else None
+        files = [p for p in state.root.rglob("*") if p.is_file() and p != state.lockfile]
+        size = sum(p.stat().st_size for p in files)
+        shutil.rmtree(state.root)
+    did = f"stopped it ({stopped}), " if stopped else ""
+    return (
+        f"VM {settings.name}: {did}removed {state.root} ({len(files)} files, {size / 1e6:.1f} MB)"
+    )

@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,9 @@ class VmSettings:
     image_cache_dir: Path
     debian_mirror: str
     boot_timeout: float
+    keep_runs: int
     arch: str
+    patchbay_version: str = "latest"  # the runner sim.run uses (--patchbay-version)
 
     @property
     def state_dir(self) -> Path:
@@ -75,6 +78,29 @@ class VmSettings:
             ("/target", self.target_dir, "ro"),
             ("/work", self.work_dir, "rw"),
         ]
+
+    def asked_for(self) -> dict[str, Any]:
+        """The resolved settings a VM is (or would be) started with, for `vm.status --json`."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "mem_mb": self.mem_mb,
+            "cpus": self.cpus,
+            "disk_gb": self.disk_gb,
+            "ssh_port": self.ssh_port,
+            "ssh_port_explicit": self.ssh_port_explicit,
+            "ssh_user": self.ssh_user,
+            "image_url": self.image_url,
+            "qemu_bin": self.qemu_bin,
+            "accel": self.accel,
+            "fs_mode": self.fs_mode,
+            "project_dir": str(self.project_dir),
+            "work_dir": str(self.work_dir),
+            "target_dir": str(self.target_dir),
+            "image_cache_dir": str(self.image_cache_dir),
+            "boot_timeout": self.boot_timeout,
+            "keep_runs": self.keep_runs,
+        }
 
 
 # name -> (environment variable, type). Config keys in `vm:` use the field names.
@@ -95,7 +121,11 @@ _SOURCES: dict[str, tuple[str, type]] = {
     "image_cache_dir": ("QEMU_VM_IMAGE_CACHE", str),
     "debian_mirror": ("QEMU_VM_DEBIAN_MIRROR", str),
     "boot_timeout": ("QEMU_VM_BOOT_TIMEOUT", float),
+    "keep_runs": ("QEMU_VM_KEEP_RUNS", int),
+    "patchbay_version": ("PATCHBAY_VERSION", str),
 }
+# Numbers that may be 0 (keep_runs 0: keep every run); the others must be positive.
+_ZERO_ALLOWED = {"keep_runs"}
 
 
 def _defaults(arch: str) -> dict[str, Any]:
@@ -116,7 +146,16 @@ def _defaults(arch: str) -> dict[str, Any]:
         "image_cache_dir": None,
         "debian_mirror": "http://deb.debian.org/debian",
         "boot_timeout": 600.0,
+        "keep_runs": 20,
+        "patchbay_version": "latest",
     }
+
+
+def config_defaults(arch: str | None = None) -> dict[str, Any]:
+    """The `vm:` config section's defaults, registered with `Collection.configure` so
+    Invoke's config machinery (and `invoke.yaml`, `INVOKE_VM_*`) knows every key."""
+    # project_dir: None means the folder of the loaded tasks file (see project_dir_of).
+    return {**_defaults(arch or host_arch()), "project_dir": None}
 
 
 def _convert(key: str, value: Any, origin: str) -> Any:
@@ -125,7 +164,9 @@ def _convert(key: str, value: Any, origin: str) -> Any:
         converted = kind(value)
     except (TypeError, ValueError):
         raise UsageError(f"{origin}: {value!r} is not a valid {kind.__name__}") from None
-    if kind in (int, float) and converted <= 0:
+    if key in _ZERO_ALLOWED and converted < 0:
+        raise UsageError(f"{origin}: must be zero or more, got {value!r}")
+    if key not in _ZERO_ALLOWED and kind in (int, float) and converted <= 0:
         raise UsageError(f"{origin}: must be greater than zero, got {value!r}")
     return converted
 
@@ -140,7 +181,8 @@ def resolve(
     env = os.environ if env is None else env
     project = Path(project_dir or Path.cwd()).resolve()
     arch = host_arch()
-    values = _defaults(arch)
+    defaults = _defaults(arch)
+    values = dict(defaults)
     port_explicit = False
     env_layer = {key: env.get(var) for key, (var, _kind) in _SOURCES.items() if env.get(var)}
     layers = (
@@ -148,14 +190,18 @@ def resolve(
         (env_layer, lambda key: _SOURCES[key][0]),
         (flags or {}, lambda key: f"--{key.replace('_', '-')}"),
     )
-    for layer, origin in layers:
+    for index, (layer, origin) in enumerate(layers):
         for key, raw in layer.items():
             if key not in _SOURCES:
                 known = ", ".join(_SOURCES)
                 raise UsageError(f"{origin(key)}: unknown setting (known: {known})")
             if raw is not None:
                 values[key] = _convert(key, raw, origin(key))
-                port_explicit |= key == "ssh_port"
+                # The config layer holds the registered defaults too: only a port other
+                # than the default counts as asked for there.
+                from_config = index == 0
+                if key == "ssh_port" and not (from_config and values[key] == defaults[key]):
+                    port_explicit = True
 
     if values["accel"] not in ACCELS:
         raise UsageError(f"QEMU_VM_ACCEL: {values['accel']!r} is not one of {', '.join(ACCELS)}")
@@ -209,10 +255,34 @@ def cargo_target_dir(project: Path) -> Path:
     return (project / "target").resolve()
 
 
+def tasks_file_dir(collection_name: str = "tasks") -> Path | None:
+    """The folder of the tasks file Invoke loaded, else None.
+
+    Invoke's loader imports the collection module under its configured name
+    (`tasks.collection_name`, default `tasks`) into `sys.modules`; its file says where
+    the project is, whichever subfolder Invoke was started from. A `tasks/` package
+    counts from its parent folder, as Invoke's own project config lookup does.
+    """
+    module = sys.modules.get(collection_name)
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    folder = Path(file).resolve().parent
+    return folder.parent if hasattr(module, "__path__") else folder
+
+
+def project_dir_of(c: Any) -> Path:
+    """The project dir of a task: `vm.project_dir` when configured, else the folder of
+    the loaded tasks file, else the current dir (the `patchbay-vm` command)."""
+    vm = c.config.get("vm", {}) or {}
+    if vm.get("project_dir"):
+        return Path(vm["project_dir"]).expanduser().resolve()
+    tasks_cfg = c.config.get("tasks", {}) or {}
+    return tasks_file_dir(tasks_cfg.get("collection_name") or "tasks") or Path.cwd()
+
+
 def from_context(c: Any, **flags: Any) -> VmSettings:
     """Settings for a task: Invoke's `vm:` config section, the environment, the flags."""
     config = dict(c.config.get("vm", {}) or {})
-    # Invoke records where tasks.py was found; the project dir is that folder.
-    prefix = getattr(c.config, "_project_prefix", None)
-    project = config.pop("project_dir", None) or (Path(prefix) if prefix else None)
-    return resolve(config=config, flags=flags, project_dir=project)
+    config.pop("project_dir", None)
+    return resolve(config=config, flags=flags, project_dir=project_dir_of(c))

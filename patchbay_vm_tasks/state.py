@@ -29,6 +29,15 @@ class StateDir:
     known_hosts = property(lambda self: self.root / "known_hosts")
     runtime = property(lambda self: self.root / "runtime.json")
     lockfile = property(lambda self: self.root / ".lock")
+    # The SSH port of the last session, kept across `down` so the next `up` can reuse it.
+    last_port = property(lambda self: self.root / "ssh-port")
+
+    def read_last_port(self) -> int | None:
+        try:
+            port = int(self.last_port.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return port if 0 < port < 65536 else None
 
     def transient(self) -> list[Path]:
         """Files that only mean something while the VM runs."""

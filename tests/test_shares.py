@@ -134,3 +134,9 @@ def test_status_text() -> None:
     assert "/app     <- /p (ro)" in text
     stopped = lifecycle.format_status(info | {"running": False, "pid": None})
     assert "not running" in stopped and "port" not in stopped
+    # With the resolved settings (as `status` gives them): what an `up` would use.
+    asked = {"cpus": 2, "mem_mb": 1024, "arch": "amd64", "ssh_port": 2222}
+    asked |= {"ssh_port_explicit": False, "image_url": "debian:trixie"}
+    stopped = lifecycle.format_status(info | {"running": False, "pid": None, "settings": asked})
+    assert "would use: 2 CPUs, 1024 MB, amd64, ssh port 2222 (default)" in stopped
+    assert "image:     debian:trixie" in stopped

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 from invoke import Collection, Context, Exit, Task, task
@@ -45,6 +47,8 @@ class CargoFlagsTask(Task):
         "no_fail_fast": "Run every test binary even after one failed.",
         "recreate": "Boot a fresh VM first.",
         "sudo": "Run the tests as root in the guest (default: the guest user).",
+        "timeout": "Limit per test binary, e.g. 300, 90s, 10m, 1h: it is then killed "
+        "and counts as failed.",
     },
 )
 def run(
@@ -60,10 +64,12 @@ def run(
     no_fail_fast: bool = False,
     recreate: bool = False,
     sudo: bool = False,
+    timeout: str | None = None,
 ) -> None:
     """Build Rust tests with cargo and run them in the VM; args after -- go to each binary."""
     with task_errors():
         s = settings.from_context(c)
+        limit = parse_timeout(timeout)
         build = cargo.TestBuild(
             target=target or cargo.default_target(),
             packages=tuple(package or ()),
@@ -88,7 +94,7 @@ def run(
                 vm.close()
                 raise
         try:
-            results = _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, s.work_dir)
+            results = _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, s.work_dir, limit)
         finally:
             vm.close()
         print(testrun.format_summary(results))
@@ -105,7 +111,37 @@ def _positive_int(value: str | None, flag: str) -> int | None:
     return int(value)
 
 
-def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir) -> list:
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+# After the limit, `timeout` sends TERM; a binary still there this much later gets KILL.
+KILL_AFTER_SECONDS = 5
+TIMEOUT_EXIT_CODES = (124, 137)  # timeout(1): TERM did it / KILL was needed
+
+
+def parse_timeout(value: str | None) -> tuple[str, float] | None:
+    """(the duration as coreutils' `timeout` takes it, seconds) of a --timeout value."""
+    if value is None:
+        return None
+    m = _DURATION.fullmatch(value.strip())
+    if not m or float(m[1]) <= 0:
+        raise UsageError(f"--timeout: expected a duration like 300, 90s, 10m or 1h, got {value!r}")
+    return f"{m[1]}{m[2] or 's'}", float(m[1]) * _UNIT_SECONDS[m[2]]
+
+
+def with_timeout(argv: list[str], limit: tuple[str, float] | None) -> list[str]:
+    """`argv` under coreutils' `timeout` in the guest: TERM at the limit, KILL soon after."""
+    if limit is None:
+        return argv
+    return ["timeout", f"--kill-after={KILL_AFTER_SECONDS}", limit[0], *argv]
+
+
+def timed_out(exit_code: int, elapsed: float, limit: tuple[str, float] | None) -> bool:
+    # A test may exit 124 itself; only a run that lasted the whole limit was cut off (the
+    # host's clock also counts the SSH round trip, so it never reads less than the guest's).
+    return limit is not None and exit_code in TIMEOUT_EXIT_CODES and elapsed >= limit[1]
+
+
+def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=None) -> list:
     if not exes:
         say("cargo built no test binaries; nothing to run")
         return []
@@ -115,7 +151,10 @@ def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir) -> list:
     for exe, path in zip(exes, guest_paths, strict=True):
         say(f"running {exe.label}")
         argv = testrun.guest_test_argv(path, filter, test_args, env, sudo=sudo)
-        result = guest.run_argv(vm.conn, argv, in_stream=False)
+        started = time.monotonic()
+        result = guest.run_argv(vm.conn, with_timeout(argv, limit), in_stream=False)
+        if timed_out(result.exited, time.monotonic() - started, limit):
+            print(f"TIMEOUT {exe.label}: killed after --timeout {limit[0]}", flush=True)
         outcome = testrun.BinaryResult(exe.label, result.exited)
         print(testrun.format_result_line(outcome), flush=True)
         results.append(outcome)

@@ -15,11 +15,16 @@ from .common import remainder, task_errors
 NOT_RUNNING = 3
 
 
-@task(help={"recreate": "Stop the VM if it runs, throw its disk away and boot a fresh one."})
-def up(c: Context, recreate: bool = False) -> None:
+@task(
+    help={
+        "recreate": "Stop the VM if it runs, throw its disk away and boot a fresh one.",
+        "refresh": "Look for a newer base image now (otherwise at most once a day).",
+    }
+)
+def up(c: Context, recreate: bool = False, refresh: bool = False) -> None:
     """Boot the VM, or reuse the running one; make sure /app, /target, /work are mounted."""
     with task_errors():
-        vm = lifecycle.up(settings.from_context(c), recreate=recreate)
+        vm = lifecycle.up(settings.from_context(c), recreate=recreate, refresh=refresh)
         vm.close()
         if not vm.booted:
             print(f"VM {vm.record['name']} is running (ssh port {vm.record['ssh_port']})")
@@ -35,7 +40,8 @@ def down(c: Context) -> None:
 # `json_` because `json` would shadow the module; Invoke spells it --json.
 @task(help={"json_": "Print one JSON object instead of text."})
 def status(c: Context, json_: bool = False) -> None:
-    """Show name, state, SSH port, accel, fs mode and mounts. Exits 3 when not running."""
+    """Show name, state, SSH port, accel, fs mode, mounts and the resolved settings.
+    Exits 3 when not running."""
     with task_errors():
         info = lifecycle.status(settings.from_context(c))
     print(json.dumps(info, indent=2) if json_ else lifecycle.format_status(info))
@@ -92,4 +98,45 @@ def _interactive_shell(s: settings.VmSettings, record: dict) -> None:
     raise Exit(code=0)
 
 
-vm = Collection("vm", up, down, status, cleanup, ssh)
+@task
+def ssh_config(c: Context) -> None:
+    """Print an OpenSSH Host block for the running VM (use with ssh/scp/rsync -F FILE NAME)."""
+    with task_errors():
+        print(lifecycle.ssh_config(settings.from_context(c)), end="")
+
+
+@task(
+    positional=["src", "dst"],
+    help={
+        "src": "File to copy: a host path, or guest:PATH (relative to the guest user's home).",
+        "dst": "Where to: guest:PATH (an existing folder keeps the name), or a host path.",
+    },
+)
+def cp(c: Context, src: str, dst: str) -> None:
+    """Copy one file between host and guest over SFTP: `vm.cp a.txt guest:/tmp/`."""
+    with task_errors():
+        s = settings.from_context(c)
+        plan = lifecycle.plan_copy(src, dst)
+        vm = lifecycle.require_running(s)
+        try:
+            print(lifecycle.copy(vm.conn, plan))
+        finally:
+            vm.close()
+
+
+@task(name="list", help={"json_": "Print a JSON list instead of a table."})
+def list_(c: Context, json_: bool = False) -> None:
+    """List this project's VMs (the folders of .qemu-vm/) with state and SSH port."""
+    with task_errors():
+        vms = lifecycle.list_vms(settings.from_context(c).project_dir)
+    print(json.dumps(vms, indent=2) if json_ else lifecycle.format_list(vms))
+
+
+@task(help={"name": "The VM to destroy (default: QEMU_VM_NAME or the config's)."})
+def destroy(c: Context, name: str | None = None) -> None:
+    """Stop the VM if it runs, then delete its state dir (disk, keys, logs)."""
+    with task_errors():
+        print(lifecycle.destroy(settings.from_context(c, name=name)))
+
+
+vm = Collection("vm", up, down, status, cleanup, ssh, ssh_config, cp, list_, destroy)
