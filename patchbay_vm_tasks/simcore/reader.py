@@ -1019,8 +1019,9 @@ def _validate_steps(
     spawned: set[str] = set()
 
     def from_(s: model.Step) -> str:
-        extra = s.origin.split(" ", 2)[2] if s.origin.count(" ") >= 2 else ""
-        return f" ({extra})" if extra else ""
+        # The origin's "(use = NAME, its step J)" part: where a template/group step came from.
+        via = s.origin.rpartition("] ")[2] if s.origin.endswith(")") else ""
+        return f" {via}" if via.startswith("(") else ""
 
     def need_capture(ref: str, s: model.Step, key: str, how: str) -> None:
         if ref not in defined:
