@@ -169,9 +169,13 @@ function statusBadge(text, cls) {
   return text ? h('span', { class: `badge st-${cls || text}` }, text) : null
 }
 
+let pickerSig = null
 function renderPicker() {
   const nav = document.getElementById('picker')
   const cur = route()
+  const sig = JSON.stringify([cur.run, cur.inv, app.runs, app.progress])
+  if (sig === pickerSig) return // unchanged: keep the DOM (and the reader's place in it)
+  pickerSig = sig
   const gs = groups()
   if (!gs.length) { nav.replaceChildren(h('div', { class: 'empty' }, 'no runs in this work dir yet')); return }
   put(nav, ...gs.map((g) => {
@@ -290,7 +294,7 @@ function onEvent(e) {
     stateTimer = setTimeout(async () => {
       const st = await src.state(cur.run)
       const b = document.getElementById('tab-body')
-      if (st && b && route().tab === 'topology' && route().run === cur.run) { app.state = st; renderTopology(b, st) }
+      if (st && b && route().tab === 'topology' && route().run === cur.run && JSON.stringify(st) !== JSON.stringify(app.state)) { app.state = st; renderTopology(b, st) }
     }, 300)
   }
 }
@@ -498,12 +502,20 @@ async function renderInvocation(main, inv) {
 
 // ---------------------------------------------------------------- start
 
+// What the current view shows of the run list: it is redrawn only when that changes.
+function viewSig() {
+  const cur = route()
+  const run = app.runs.find((r) => r.name === cur.run)
+  const inv = cur.inv || (run && run.invocation)
+  return JSON.stringify([cur, app.runs.filter((r) => r === run || (inv && r.invocation === inv)), app.progress[inv] || null])
+}
+
 async function refresh() {
+  const before = viewSig()
   await loadRuns()
   renderPicker()
-  const cur = route()
-  // A running invocation's summary and a run's status follow the files.
-  if (cur.inv || cur.tab !== 'logs') await renderView()
+  // A running invocation's summary and a run's status follow the files; a log keeps tailing.
+  if (viewSig() !== before && (route().inv || route().tab !== 'logs')) await renderView()
 }
 
 async function start() {
