@@ -273,3 +273,33 @@ def test_sysctls_forwarding_and_v6_address_keeping() -> None:
     assert s["pb1-v4"] == {n.FORWARD: "1"}
     assert s["pb1-six"] == {n.KEEP_V6_ON_DOWN: "1"}
     assert "pb1-four" not in s
+
+
+def test_every_ip_line_is_one_the_netlink_client_understands() -> None:
+    from patchbay_vm_tasks.simrunner import rtnl
+
+    ds = m.IpSupport.DUAL_STACK
+    plan = plan_of(
+        m.Router("isp", nat=m.Nat.CGNAT, ip_support=ds),
+        m.Router("home", nat=m.Nat.HOME, upstream="isp", ip_support=ds),
+        m.Router("dc", ip_support=ds),
+        m.Router("pub-sub", upstream="dc"),
+        devices=[
+            m.Device("pc", (m.Interface("eth0", "home"), m.Interface("eth1", "dc")), "eth1"),
+            m.Device("srv", (m.Interface("eth0", "pub-sub"),), "eth0"),
+        ],
+    )
+    lines = [line for b in n.namespace_batches(plan).values() for line in b]
+    lines += n.default_route_lines(plan, "pc", "eth0")
+    ops = {rtnl.parse(line)[0] for line in lines}
+    assert ops == {"link_set", "bridge_add", "addr_add", "route"}
+    assert rtnl.parse("addr add fd10:0:1::2/64 dev eth0 nodad") == (
+        "addr_add",
+        ("fd10:0:1::2/64", "eth0", True),
+    )
+    assert rtnl.parse("route add 198.18.2.0/24 via 198.18.0.11") == (
+        "route",
+        ("198.18.2.0/24", "198.18.0.11", None, False),
+    )
+    with pytest.raises(rtnl.RtnlError, match="not a line"):
+        rtnl.parse("link set eth0 mtu 1400")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -25,9 +26,12 @@ from typing import Any
 
 from ..simcore import addressing, model, netconfig
 from ..simcore.addressing import LabPlan
+from . import rtnl
 
 NETNS_DIR = "/run/netns"
 CLONE_NEWNET = 0x40000000
+# Configure namespaces with `ip -n NS -batch` instead of netlink from threads (debugging).
+USE_IP = os.environ.get("PATCHBAY_LAB_USE_IP") == "1"
 
 
 class LabError(Exception):
@@ -76,6 +80,15 @@ def in_netns(ns: str, work: Callable[[], Any]) -> Any:
     if "error" in box:
         raise box["error"]
     return box.get("value")
+
+
+def _configure_plain(ns: str, lines: list[str], values: dict[str, str]) -> None:
+    """Apply `ip` lines (netlink) and sysctls in the current thread's namespace `ns`."""
+    try:
+        rtnl.apply_lines(lines)
+    except rtnl.RtnlError as e:
+        raise LabError(f"configure {ns}: {e}") from None
+    _write_sysctls(values)
 
 
 def _write_sysctls(values: dict[str, str]) -> None:
@@ -209,13 +222,6 @@ class Lab:
                 "create namespaces and veths",
                 _lines(netconfig.root_batch(plan)),
             )
-            batches = netconfig.namespace_batches(plan)
-            _run_all(
-                [
-                    (["ip", "-n", ns, "-batch", "-"], _lines(lines), f"configure {ns}")
-                    for ns, lines in batches.items()
-                ]
-            )
             self._configure_namespaces()
             self.built = True
         except BaseException:
@@ -233,48 +239,66 @@ class Lab:
         )
         state = self.state()
         for r in plan.routers:
-            self._emit("router_added", {"name": r.name, **state["routers"][r.name]})
+            # As the Rust runner: devices join their routers' lists as device_added arrives.
+            self._emit("router_added", {"name": r.name, **state["routers"][r.name], "devices": []})
         for d in plan.devices:
             self._emit("device_added", {"name": d.name, **state["devices"][d.name]})
 
     def _configure_namespaces(self) -> None:
-        """Sysctls, NAT rules, region delays (per router thread) and initial conditions."""
+        """One thread per namespace, all at once: its `ip` lines over netlink, sysctls,
+        then NAT rules and region delays (routers) or initial link conditions (devices)."""
         plan = self.plan
+        batches = netconfig.namespace_batches(plan)
         sysctls = netconfig.sysctls(plan)
-        works: list[tuple[str, Callable[[], Any]]] = []
-        for ns, values in sysctls.items():
-            if ns in {r.ns for r in plan.routers}:
-                continue
-            works.append((ns, lambda v=values: _write_sysctls(v)))
-        for r in plan.routers:
-            works.append((r.ns, lambda r=r: self._configure_router(r, sysctls.get(r.ns, {}))))
-        _threads(works)
-        jobs = []
-        for d in plan.devices:
-            lines = []
-            for i in d.interfaces:
-                argvs = netconfig.link_condition_argv(i.name, i.impair, replace=False)
-                if i.impair is not None and argvs:
-                    lines += netconfig.batch_lines(argvs)
-                    self._qdisc[(d.name, i.name)] = True
-            if lines:
-                jobs.append((["tc", "-n", d.ns, "-batch", "-"], _lines(lines), f"tc in {d.name}"))
-        if jobs:
+        if USE_IP:  # the same lines through `ip`, one process per namespace
+            jobs = [
+                (["ip", "-n", ns, "-batch", "-"], _lines(b), f"configure {ns}")
+                for ns, b in batches.items()
+            ]
             _run_all(jobs)
+            batches = {}
+        routers = {r.ns: r for r in plan.routers}
+        devices = {d.ns: d for d in plan.devices}
+        works: list[tuple[str, Callable[[], Any]]] = []
+        for ns in plan.namespaces:
+            lines, values = batches.get(ns, []), sysctls.get(ns, {})
+            if ns in routers:
+                work = functools.partial(self._configure_router, routers[ns], lines, values)
+            elif ns in devices:
+                work = functools.partial(self._configure_device, devices[ns], lines, values)
+            else:
+                work = functools.partial(_configure_plain, ns, lines, values)
+            works.append((ns, work))
+        _threads(works)
 
-    def _configure_router(self, r: addressing.RouterPlan, values: dict[str, str]) -> None:
-        _write_sysctls(values)
+    def _configure_router(
+        self, r: addressing.RouterPlan, lines: list[str], values: dict[str, str]
+    ) -> None:
+        _configure_plain(r.ns, lines, values)
         rules = netconfig.nat_ruleset(r)
         if rules:
             _run(["nft", "-f", "-"], f"nft in router {r.name}", rules)
             _write_sysctls(netconfig.conntrack_sysctls(r.nat))
         if r.upstream is None:
             try:
-                lines = netconfig.region_tc_lines(self.plan, r.name)
+                tc = netconfig.region_tc_lines(self.plan, r.name)
             except ValueError as e:
                 raise LabError(str(e)) from e
-            if lines:
-                _run(["tc", "-batch", "-"], f"region delays on router {r.name}", _lines(lines))
+            if tc:
+                _run(["tc", "-batch", "-"], f"region delays on router {r.name}", _lines(tc))
+
+    def _configure_device(
+        self, d: addressing.DevicePlan, lines: list[str], values: dict[str, str]
+    ) -> None:
+        _configure_plain(d.ns, lines, values)
+        tc = []
+        for i in d.interfaces:
+            argvs = netconfig.link_condition_argv(i.name, i.impair, replace=False)
+            if i.impair is not None and argvs:
+                tc += netconfig.batch_lines(argvs)
+                self._qdisc[(d.name, i.name)] = True
+        if tc:
+            _run(["tc", "-batch", "-"], f"tc in {d.name}", _lines(tc))
 
     def _existing_namespaces(self) -> list[str]:
         try:
