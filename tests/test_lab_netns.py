@@ -91,6 +91,7 @@ def nat_topology() -> m.Topology:
     routers.append(m.Router("cghome", nat=m.Nat.HOME, upstream="isp"))
     ds = m.IpSupport.DUAL_STACK
     routers += [m.Router("v6a", ip_support=ds), m.Router("v6b", ip_support=ds)]
+    routers.append(m.Router("pubsub", upstream="dc"))  # a public router behind a public one
     devices = [
         _dev("multi", "dc", "home"),
         _dev("pub1", "dc"),
@@ -99,6 +100,7 @@ def nat_topology() -> m.Topology:
         _dev("behind-cghome", "cghome"),
         _dev("six-a", "v6a"),
         _dev("six-b", "v6b"),
+        _dev("behind-pubsub", "pubsub"),
     ]
     devices += [_dev(f"behind-{name}", name) for name in NAT_ROUTERS]
     return m.Topology(tuple(routers), tuple(sorted(devices, key=lambda d: d.name)))
@@ -186,7 +188,7 @@ def test_build_events_and_state(lab: Lab, events: list[tuple[str, dict]]) -> Non
     kinds = [k for k, _ in events]
     assert kinds[:2] == ["lab_created", "ix_created"]
     assert events[0][1] == {"lab_prefix": f"{PREFIX}a", "label": "nat"}
-    assert kinds.count("router_added") == 9 and kinds.count("device_added") == 11
+    assert kinds.count("router_added") == 10 and kinds.count("device_added") == 12
     state = lab.state()
     assert state["routers"]["cghome"]["upstream"] == "isp"
     # NAT LANs by build order: cloud, corp, fullcone, home, isp -> isp is 10.0.5.0/24.
@@ -206,6 +208,13 @@ def test_every_nat_mode_reaches_a_public_device(lab: Lab) -> None:
     target = lab.ip_of("pub1")
     for name in [*NAT_ROUTERS, "cghome"]:
         assert pings(lab, f"behind-{name}", target), name
+
+
+def test_public_router_behind_another_is_reachable(lab: Lab) -> None:
+    target = lab.ip_of("behind-pubsub")
+    assert target.startswith("198.18.")
+    assert pings(lab, "behind-home", target)  # from behind a NAT, across the IX
+    assert pings(lab, "pub1", target)  # from the upstream's own LAN
 
 
 def test_mapping_and_filtering_per_nat_mode(lab: Lab, scripts: dict[str, str]) -> None:
@@ -323,6 +332,27 @@ def _limits(**kw: float) -> dict:
         ["rate_kbit", "loss_pct", "latency_ms", "jitter_ms", "reorder_pct", "duplicate_pct"], 0
     )
     return {**base, "corrupt_pct": 0, **kw}
+
+
+def test_build_failures_clean_up_and_name_the_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    from patchbay_vm_tasks.simcore import netconfig
+
+    topology = m.Topology((m.Router("r", nat=m.Nat.HOME),), (_dev("d", "r"),))
+    first = Lab(topology, f"{PREFIX}f", lambda k, f: None)
+    first.build()
+    try:
+        second = Lab(topology, f"{PREFIX}f", lambda k, f: None)
+        with pytest.raises(LabError, match="already exist"):
+            second.build()
+        second.teardown()  # not its namespaces: left alone
+        assert run_in(first, "d", "true").returncode == 0  # the first lab is untouched
+    finally:
+        first.teardown()
+    monkeypatch.setattr(netconfig, "nat_ruleset", lambda r: "table ip nat { bogus }\n")
+    with pytest.raises(LabError, match="nft in router r"):
+        Lab(topology, f"{PREFIX}g", lambda k, f: None).build()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{PREFIX}f-" not in listed and f"{PREFIX}g-" not in listed
 
 
 # ----- delays: need sch_netem -----

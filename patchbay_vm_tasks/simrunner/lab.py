@@ -204,6 +204,7 @@ class Lab:
         self._down: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self.built = False
+        self._owner = False  # made (some of) its namespaces: teardown never touches others'
 
     # ----- build / teardown -----
 
@@ -215,6 +216,7 @@ class Lab:
             raise LabError(
                 f"namespaces of prefix {self.prefix!r} already exist: {sorted(existing)}"
             )
+        self._owner = True
         try:
             self._emit("lab_created", {"lab_prefix": self.prefix, "label": self.label})
             _run(
@@ -311,7 +313,7 @@ class Lab:
         """Kill every process in the lab's namespaces, delete the namespaces (with their
         veths, qdiscs and nft rules). Idempotent; never raises."""
         try:
-            namespaces = self._existing_namespaces()
+            namespaces = self._existing_namespaces() if self._owner else []
             if not namespaces:
                 return
             inodes = set()
