@@ -101,6 +101,7 @@ def nat_topology() -> m.Topology:
         _dev("six-a", "v6a"),
         _dev("six-b", "v6b"),
         _dev("behind-pubsub", "pubsub"),
+        _dev("fullcone-peer", "fullcone"),
     ]
     devices += [_dev(f"behind-{name}", name) for name in NAT_ROUTERS]
     return m.Topology(tuple(routers), tuple(sorted(devices, key=lambda d: d.name)))
@@ -167,8 +168,8 @@ def start_observers(lab: Lab, scripts: dict[str, str], peers: dict[str, int]) ->
     return procs
 
 
-def nat_probe(lab: Lab, scripts: dict[str, str], src: str, unsolicited: bool) -> dict:
-    """`src` sends from one port to pub1 and pub2; pub3 then sends to the mapping pub1
+def nat_probe(lab: Lab, scripts: dict[str, str], src: str, senders: tuple[str, ...]) -> dict:
+    """`src` sends from one port to pub1 and pub2; `senders` then send to the mapping pub1
     saw. Returns the (ip, port) each peer saw and what came back to `src`."""
     observers = start_observers(lab, scripts, {"pub1": 5001, "pub2": 5002})
     dests = [f"{lab.ip_of('pub1')}:5001", f"{lab.ip_of('pub2')}:5002"]
@@ -177,9 +178,9 @@ def nat_probe(lab: Lab, scripts: dict[str, str], src: str, unsolicited: bool) ->
     for dev, p in observers.items():
         out = p.communicate(timeout=10)[0].split()
         seen[dev] = (out[0], int(out[1])) if len(out) == 2 else None
-    if unsolicited and seen["pub1"]:
+    for sender in senders:
         ip, port = seen["pub1"]
-        assert run_in(lab, "pub3", sys.executable, scripts["send"], ip, str(port)).returncode == 0
+        assert run_in(lab, sender, sys.executable, scripts["send"], ip, str(port)).returncode == 0
     got = json.loads(client.communicate(timeout=10)[0])
     return {"seen": seen, "got": got}
 
@@ -188,7 +189,7 @@ def test_build_events_and_state(lab: Lab, events: list[tuple[str, dict]]) -> Non
     kinds = [k for k, _ in events]
     assert kinds[:2] == ["lab_created", "ix_created"]
     assert events[0][1] == {"lab_prefix": f"{PREFIX}a", "label": "nat"}
-    assert kinds.count("router_added") == 10 and kinds.count("device_added") == 12
+    assert kinds.count("router_added") == 10 and kinds.count("device_added") == 13
     state = lab.state()
     assert state["routers"]["cghome"]["upstream"] == "isp"
     # NAT LANs by build order: cloud, corp, fullcone, home, isp -> isp is 10.0.5.0/24.
@@ -218,7 +219,9 @@ def test_public_router_behind_another_is_reachable(lab: Lab) -> None:
 
 
 def test_mapping_and_filtering_per_nat_mode(lab: Lab, scripts: dict[str, str]) -> None:
-    results = {name: nat_probe(lab, scripts, f"behind-{name}", True) for name in NAT_ROUTERS}
+    results = {name: nat_probe(lab, scripts, f"behind-{name}", ("pub3",)) for name in NAT_ROUTERS}
+    # Full-cone also hairpins: a LAN neighbour reaching the mapping through the WAN address.
+    results["fullcone"] = nat_probe(lab, scripts, "behind-fullcone", ("pub3", "fullcone-peer"))
     wan = {name: lab.state()["routers"][name]["uplink_ip"] for name in NAT_ROUTERS}
     for name, r in results.items():
         assert r["seen"]["pub1"][0] == wan[name], name
@@ -230,13 +233,16 @@ def test_mapping_and_filtering_per_nat_mode(lab: Lab, scripts: dict[str, str]) -
     for name in ("corp", "cloud"):
         assert results[name]["seen"]["pub1"][1] != results[name]["seen"]["pub2"][1], name
     # Unsolicited inbound to the mapping: delivered only by full-cone.
-    assert [g[0] for g in results["fullcone"]["got"]] == ["unsolicited"]
+    # The sender's own address shows (hairpinned packets come from the LAN gateway).
+    fc_gw = lab.state()["routers"]["fullcone"]["downstream_gw"]
+    got = sorted((g[0], g[1]) for g in results["fullcone"]["got"])
+    assert got == sorted([("unsolicited", lab.ip_of("pub3")), ("unsolicited", fc_gw)])
     for name in ("home", "corp", "cloud"):
         assert results[name]["got"] == [], name
 
 
 def test_cgnat_public_peer_sees_the_isp_address(lab: Lab, scripts: dict[str, str]) -> None:
-    r = nat_probe(lab, scripts, "behind-cghome", False)
+    r = nat_probe(lab, scripts, "behind-cghome", ())
     assert r["seen"]["pub1"][0] == lab.state()["routers"]["isp"]["uplink_ip"]
 
 

@@ -33,7 +33,7 @@ NAT_CASES = {
     ),
     m.Nat.FULL_CONE: (
         [EIM_MAP, "ip daddr 198.18.0.10 meta l4proto udp dnat to udp dport map @fullcone",
-         "ct status dnat masquerade", UPDATE, 'oif "ix" snat to 198.18.0.10'],
+         "ip saddr 10.0.1.0/24 ct status dnat masquerade", UPDATE, 'oif "ix" snat to 198.18.0.10'],
         ["table ip filter", "drop", "random"],
     ),
     m.Nat.CORPORATE: (

@@ -224,8 +224,11 @@ def _nat_v4(router: RouterPlan) -> str | None:
         "    chain postrouting {",
         f"        type nat hook postrouting priority {'srcnat' if eim else '100'}; policy accept;",
     ]
-    if hairpin:
-        lines.append("        ct status dnat masquerade")
+    if hairpin and router.downstream_cidr:
+        # Do better than Rust's bare `ct status dnat masquerade`, which also rewrote the
+        # source of every inbound packet to the LAN gateway (peers saw 10.0.N.1, not the
+        # sender): masquerade only hairpinned packets, those from the router's own LAN.
+        lines.append(f"        ip saddr {router.downstream_cidr} ct status dnat masquerade")
     if eim:
         lines += [
             f'        oif "{wan}" meta l4proto udp update @fullcone'
