@@ -350,6 +350,18 @@ FAILING = {
         action   = "wait"
         duration = "20s"
     """,
+    "fail-binary": ONE_ROUTER
+    + """
+        [[binary]]
+        name    = "tool"
+        mode    = "target"
+        example = "not-built"
+        [[step]]
+        action = "run"
+        id     = "t"
+        device = "a"
+        cmd    = ["${binary.tool}"]
+    """,
     "pass-echo": ONE_ROUTER
     + """
         [[step]]
@@ -382,6 +394,36 @@ duration = "60s"
 )
 
 
+# Stand-ins for iroh's `transfer` example and `iroh-relay`, so that the iroh corpus sims
+# (templates, groups, extends, counted devices, NAT topologies, requires) run here.
+STAND_IN_RELAY = f"""#!/bin/sh
+echo "relay: serving on 0.0.0.0:3340" >&2
+cat "$2"
+exec sleep {MARK}
+"""
+STAND_IN_TRANSFER = f"""#!/bin/sh
+case "$3" in
+provide)
+  echo '{{"kind":"EndpointBound","endpoint_id":"ep123","direct_addresses":["198.18.1.2:1234"]}}'
+  exec sleep {MARK};;
+fetch)
+  echo "args: $*" >&2
+  echo '{{"kind":"ConnectionTypeChanged","status":"Selected","addr":"a","conn_type":"direct"}}'
+  echo '{{"kind":"DownloadCompleted","size":1000000,"duration":500000}}';;
+esac
+"""
+
+
+def stand_ins(folder: Path) -> list[str]:
+    args = []
+    for name, text in (("relay", STAND_IN_RELAY), ("transfer", STAND_IN_TRANSFER)):
+        path = folder / name
+        path.write_text(text)
+        path.chmod(0o755)
+        args += ["--binary", f"{name}:path:{path}"]
+    return args
+
+
 # --- the passing invocation -----------------------------------------------------------------------
 
 
@@ -405,7 +447,7 @@ def passing(tmp_path_factory: pytest.TempPathFactory, netem: bool) -> Run:
     own = tmp_path_factory.mktemp("own-sims")
     sims = [
         corpus / "ui-fixtures" / "iperf-e2e.toml",
-        *sorted((corpus / "sims").glob("iperf-1to1-*.toml")),
+        *sorted((corpus / "sims").glob("*.toml")),  # iperf-1to1-*, iroh-* (stand-ins)
         write_sim(own, "certs-files", CERTS_FILES),
         write_sim(own, "captures", CAPTURES),
         write_sim(own, "rate-limit", RATE_LIMIT),
@@ -415,7 +457,8 @@ def passing(tmp_path_factory: pytest.TempPathFactory, netem: bool) -> Run:
         sims.append(corpus / "ui-fixtures" / "ping-e2e.toml")
     work = tmp_path_factory.mktemp("work")
     t0 = time.monotonic()
-    proc = runner("run", "--work-dir", str(work), *map(str, sims))
+    binaries = stand_ins(own)
+    proc = runner("run", "--work-dir", str(work), *binaries, *map(str, sims))
     return Run(proc, (work / "latest").resolve(), time.monotonic() - t0)
 
 
@@ -449,6 +492,31 @@ def test_corpus_iperf_sims(passing: Run) -> None:
     assert float(tcp["duration"]) == pytest.approx(10, abs=0.5)
     md = (passing.root / "combined-results.md").read_text()
     assert "| iperf-1to1-udp | 1 |" in md
+
+
+def test_iroh_corpus_sims_with_stand_ins(passing: Run) -> None:
+    """Interpolation of captures across steps, groups, templates, counts and NAT labs."""
+    for sim in ("iroh-1to1-public", "iroh-1to1-nat", "iroh-1to1-nat-switch"):
+        (step,) = results(passing, sim)["steps"]
+        assert step == {
+            "id": "fetcher", "duration": "500000", "up_bytes": None, "down_bytes": "1000000",
+            "latency_ms": None,
+        }  # fmt: skip
+    assert [s["id"] for s in results(passing, "iroh-1to10-public")["steps"]] == [
+        f"fetcher-{i}" for i in range(10)
+    ]
+    d = sim_dirs(passing)["iroh-1to1-nat-switch"]
+    args = (d / "device.fetcher.fetcher.stderr.log").read_text()
+    assert "fetch --env dev ep123 --relay-url https://" in args
+    config = (d / "files" / "relay-cfg" / "content").read_text()
+    assert f'manual_cert_path = "{d}/certs/relay-cert/cert.pem"' in config
+    assert "relay: serving on" in (d / "device.relay.relay.stderr.log").read_text()
+    public = sim_dirs(passing)["iroh-1to1-public"]
+    assert (
+        "--remote-direct-address 198.18.1.2:1234"
+        in (public / "device.fetcher.fetcher.stderr.log").read_text()
+    )
+    assert not stray_processes()  # the never-waited providers and relays were killed
 
 
 def test_ping_e2e_latency(passing: Run, netem: bool) -> None:
@@ -600,6 +668,13 @@ def test_step_timeout_kills_and_fails(failing: Run) -> None:
         json.loads((failing.root / "fail-step-timeout" / "sim.json").read_text())["runtime_ms"]
         < 4000
     )
+
+
+def test_unresolvable_binary_fails_its_step(failing: Run) -> None:
+    e = error_of(failing, "fail-binary")
+    assert e["step"]["id"] == "t"
+    assert e["message"].startswith("binary 'tool' (target mode) not found in ")
+    assert "-unknown-linux-musl/release/examples/not-built" in e["message"]
 
 
 def test_sim_deadline(failing: Run) -> None:
