@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Accepted for command-line compatibility; building and serving are the host's job.
     r.add_argument("--no-build", action="store_true", help=argparse.SUPPRESS)
     r.add_argument("--project-root", help=argparse.SUPPRESS)
+    r.add_argument("--open", action="store_true", help=argparse.SUPPRESS)
+    r.add_argument("--bind", help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("inspect", help="build a sim's lab and keep it up")
