@@ -20,6 +20,10 @@ IPv6 (dual-stack / v6-only routers; the Rust library's pools, as its `Lab` alloc
   gateway `::1`, hosts from `::2` with a per-LAN counter of their own.
 - A device interface gets the address families of its router.
 
+Environment: `NETSIM_IP_<DEV>` (default interface) and `NETSIM_IP_<DEV>_<IFACE>` hold the
+IPv4 address, or the IPv6 one on a v6-only LAN; dual-stack devices also get
+`NETSIM_IP6_<DEV>` with the IPv6 address of the default interface.
+
 Routes beyond the Rust runner (do better, addresses unchanged): a public router behind
 another router is reachable: its first upstream gets a route to its LAN via its uplink
 address, and so on up while the upstreams are public, up to the lab root.
