@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import re
-import secrets
 import signal
 import stat
 import subprocess
@@ -214,7 +213,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     env_file, json_file = base.with_suffix(".env"), base.with_suffix(".json")
     # stdin closing ends inspect whenever it can be watched: the host keeps it open.
     with interruptions(cancel, True):
-        lab = Lab(sim.topology, "pbi" + secrets.token_hex(2), lambda kind, fields: None)
+        lab = Lab(sim.topology, "pbi" + os.urandom(2).hex(), lambda kind, fields: None)
         try:
             try:
                 lab.build()

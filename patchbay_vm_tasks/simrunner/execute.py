@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import threading
@@ -127,7 +126,7 @@ class SimRun:
         self.all_procs: list[Proc] = []
         self.done_keys: set[str] = set()  # keys of steps that ran to completion
         self.records: list[dict[str, Any]] = []
-        self.prefix = "pb" + secrets.token_hex(3)
+        self.prefix = "pb" + os.urandom(3).hex()
         self.deadline = time.monotonic() + opts.timeout
         self.created_at = output.timestamp()
         self.events = output.EventLog(sim_dir / "events.jsonl")
