@@ -6,12 +6,17 @@ patchbay-vm ssh [--] CMD...        -> vm.ssh -- CMD...
 patchbay-vm ssh-config|list|destroy|cp ...  -> vm.ssh-config|vm.list|vm.destroy|vm.cp ...
 patchbay-vm run SIM... [flags]     -> sim.run --file SIM... [flags]
 patchbay-vm check SIM...           -> sim.check --file SIM... (host only, no VM)
+patchbay-vm inspect SIM            -> sim.inspect --file SIM
+patchbay-vm run-in NODE -- CMD...  -> sim.exec --node NODE -- CMD...
+patchbay-vm serve [OUTDIR] [flags] -> sim.serve [--work-dir OUTDIR] [flags]
+patchbay-vm report [flags]         -> sim.report [flags]
 patchbay-vm test [FILTER] [flags] [-- ARGS]  -> test.run [FILTER] [flags] -- ARGS
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from invoke import Program
 
@@ -31,7 +36,10 @@ SIMPLE = {
     "destroy": "vm.destroy",
 }
 # Flags that take a value, per command: everything else without one is positional.
-RUN_VALUE_FLAGS = {"--work-dir", "--binary", "--patchbay-version"}
+RUN_VALUE_FLAGS = {
+    "--work-dir", "--binary", "--patchbay-version", "--timeout", "--bind", "--junit",
+}  # fmt: skip
+SERVE_VALUE_FLAGS = {"--work-dir", "--bind"}
 TEST_VALUE_FLAGS = {
     "--target", "--package", "-p", "--test", "--jobs", "-j", "--features", "-F", "--timeout",
 }  # fmt: skip
@@ -51,6 +59,11 @@ commands:
   destroy [--name NAME]    stop a VM and delete its state dir
   run SIM... [flags]       run sims in the guest (see `patchbay-vm run --help`)
   check SIM...             read sims on the host and print their expanded plans
+  inspect SIM              build a sim's lab in the guest and keep it up (Ctrl-C ends it)
+  run-in NODE -- CMD...    run a command in a node of the inspected lab
+  serve [OUTDIR] [--bind HOST:PORT] [--open]
+                           a results viewer over the work dir
+  report -o FILE.html      one self-contained HTML report of the latest run
   test [FILTER] [flags] [-- ARGS]
                            build Rust tests and run them in the guest
 
@@ -98,6 +111,23 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
             return ["--help", "sim.check"], None
         sims, flags = split_positionals(rest, set())
         return ["sim.check", *[x for sim in sims for x in ("--file", sim)], *flags], None
+    if command == "inspect":
+        if "--help" in rest or "-h" in rest or len(rest) != 1:
+            return ["--help", "sim.inspect"], None
+        return ["sim.inspect", "--file", rest[0]], None
+    if command == "run-in":
+        if "--help" in rest or "-h" in rest or len(rest) != 1 or not after:
+            return ["--help", "sim.exec"], None
+        return ["sim.exec", "--node", rest[0]], after
+    if command == "serve":
+        if "--help" in rest or "-h" in rest:
+            return ["--help", "sim.serve"], None
+        dirs, flags = split_positionals(rest, SERVE_VALUE_FLAGS)
+        if len(dirs) > 1:
+            raise SystemExit(f"patchbay-vm serve: one OUTDIR at most, got {dirs}")
+        return ["sim.serve", *[x for d in dirs for x in ("--work-dir", d)], *flags], None
+    if command == "report":
+        return ["sim.report", *rest], None
     if command == "test":
         if "--help" in rest or "-h" in rest:
             return ["--help", "test.run"], None
@@ -119,5 +149,32 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     set_remainder(remainder)
-    program = Program(namespace=namespace(), name="patchbay-vm", binary="patchbay-vm")
+    program = _Program(namespace=namespace(), name="patchbay-vm", binary="patchbay-vm")
     program.run(["patchbay-vm", *invoke_argv])
+
+
+PROJECT_MARKERS = ("invoke.yaml", "invoke.yml", "invoke.json", "tasks.py")
+
+
+def project_root(start: Path) -> Path | None:
+    """The nearest folder from `start` upwards with an invoke.yaml or a tasks.py: where
+    `invoke` would find the project, so both commands agree on config and state."""
+    for folder in (start, *start.parents):
+        if any((folder / name).is_file() for name in PROJECT_MARKERS):
+            return folder
+    return None
+
+
+class _Program(Program):
+    """Invoke's Program with a namespace given loads no project config by itself; load the
+    project's invoke.yaml as `invoke` would, and keep the VM's state in that project."""
+
+    def update_config(self, merge: bool = True) -> None:
+        super().update_config(merge=False)
+        project = project_root(Path.cwd())
+        if project is not None:
+            self.config.set_project_location(str(project))
+            self.config.load_project(merge=False)
+        self.config.merge()
+        if project is not None and not self.config.vm.get("project_dir"):
+            self.config.vm.project_dir = str(project)

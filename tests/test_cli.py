@@ -34,6 +34,20 @@ from patchbay_vm_tasks import cli
             ["sim.run", "--file", "s.toml", "--patchbay-version", "v0.10.0"],
             None,
         ),
+        (
+            ["run", "s.toml", "--timeout", "90s", "--junit", "r.xml", "--open"],
+            ["sim.run", "--file", "s.toml", "--timeout", "90s", "--junit", "r.xml", "--open"],
+            None,
+        ),
+        (["inspect", "s.toml"], ["sim.inspect", "--file", "s.toml"], None),
+        (["inspect"], ["--help", "sim.inspect"], None),
+        (["run-in", "client", "--", "ping", "-c1", "x"], ["sim.exec", "--node", "client"],
+         ["ping", "-c1", "x"]),
+        (["run-in", "client"], ["--help", "sim.exec"], None),
+        (["serve"], ["sim.serve"], None),
+        (["serve", "out", "--bind", "127.0.0.1:9000", "--open"],
+         ["sim.serve", "--work-dir", "out", "--bind", "127.0.0.1:9000", "--open"], None),
+        (["report", "-o", "r.html"], ["sim.report", "-o", "r.html"], None),
         (["test"], ["test.run"], []),
         (
             ["test", "netns", "-p", "patchbay", "--release", "--", "--test-threads=4"],
@@ -83,3 +97,12 @@ def test_every_task_and_flag_has_help() -> None:
         params = list(inspect.signature(task.body).parameters)[1:]  # after the context
         for param in params:
             assert param in task.help, f"{name}: --{param} has no help"
+
+
+def test_project_root_is_where_invoke_would_look(tmp_path) -> None:
+    (tmp_path / "invoke.yaml").write_text("vm: {name: x}\n")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    assert cli.project_root(deep) == tmp_path
+    (tmp_path / "a" / "tasks.py").write_text("")
+    assert cli.project_root(deep) == tmp_path / "a"

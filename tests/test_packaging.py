@@ -129,6 +129,7 @@ def test_version_is_single_sourced(wheel: Path) -> None:
 @pytest.mark.parametrize("kind", ["installed", "vendored"])
 def test_consumer_project_lists_tasks_and_honours_its_config(kind: str, request) -> None:
     consumer: Consumer = request.getfixturevalue(kind)
+    port = 2298 if kind == "installed" else 2297
     listed = consumer.run("invoke", "--list")
     assert listed.returncode == 0, listed.stderr
     for name in ("vm.up", "vm.down", "vm.status", "sim.run", "test.run"):
@@ -140,6 +141,7 @@ def test_consumer_project_lists_tasks_and_honours_its_config(kind: str, request)
         info = json.loads(status.stdout)
         assert info["name"] == "consumer-vm"
         assert info["state_dir"] == str(consumer.project / ".qemu-vm" / "consumer-vm")
+        assert info["settings"]["mem_mb"] == 1536 and info["settings"]["ssh_port"] == port
 
 
 @pytest.mark.parametrize("kind", ["installed", "vendored"])
@@ -152,6 +154,15 @@ def test_patchbay_vm_command_works_from_any_folder(kind: str, request) -> None:
     out = consumer.run("python", "-m", "patchbay_vm_tasks", "--help")
     assert out.returncode == 0, out.stderr
     assert "usage: patchbay-vm" in out.stdout
+    # The Rust spelling reads the project's invoke.yaml too (installed: from a subfolder;
+    # a vendored package is importable from the project's top only).
+    where = consumer.project / "sub" if kind == "installed" else consumer.project
+    out = consumer.run("python", "-m", "patchbay_vm_tasks", "status", "--json", cwd=where)
+    assert out.returncode == 3, out.stderr
+    info = json.loads(out.stdout)
+    assert info["name"] == "consumer-vm"
+    assert info["state_dir"] == str(consumer.project / ".qemu-vm" / "consumer-vm")
+    assert info["settings"]["mem_mb"] == 1536
 
 
 @pytest.mark.vm

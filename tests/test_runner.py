@@ -155,7 +155,7 @@ def test_asset_and_target_per_arch(arch: str, asset: str, target: str) -> None:
 
 def test_bad_arch_is_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="unsupported guest arch 'riscv64'"):
-        runner.resolve_runner("v1.0.0", tmp_path, "riscv64", base_url="http://127.0.0.1:9/r").path
+        runner.resolve_runner("v1.0.0", tmp_path, "riscv64", base_url="http://127.0.0.1:9/r")
     assert not (tmp_path / ".patchbay-cache").exists()
 
 
@@ -299,7 +299,7 @@ def test_base_url_from_env(
 
 def test_missing_release_is_404_error(tmp_path: Path, server: ReleaseServer) -> None:
     with pytest.raises(TaskError) as err:
-        runner.resolve_runner("v9.9.9", tmp_path, "x86_64", base_url=server.base).path
+        runner.resolve_runner("v9.9.9", tmp_path, "x86_64", base_url=server.base)
     msg = str(err.value)
     assert f"{server.base}/download/v9.9.9/{ASSET}" in msg
     assert "HTTP 404" in msg
@@ -332,7 +332,7 @@ def test_latest_redirect_without_tag(tmp_path: Path, server: ReleaseServer) -> N
     server.routes["/releases/latest"] = (302, {"Location": "/releases"}, b"")
     server.routes["/releases"] = (200, {}, b"no releases")
     with pytest.raises(TaskError, match="did not lead to a release tag"):
-        runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path
+        runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base)
 
 
 def test_unreachable_server_uses_newest_cached_latest(
@@ -401,7 +401,7 @@ def test_path_source(tmp_path: Path) -> None:
 )
 def test_path_source_errors(tmp_path: Path, make, message: str) -> None:
     with pytest.raises(UsageError) as err:
-        runner.resolve_runner(f"path:{make(tmp_path)}", tmp_path, "x86_64").path
+        runner.resolve_runner(f"path:{make(tmp_path)}", tmp_path, "x86_64")
     assert message in str(err.value)
     assert err.value.exit_code == 2
 
@@ -511,14 +511,14 @@ def test_git_ref_build_sequence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     # A second build reuses the clone.
     fake.calls.clear()
-    runner.resolve_runner("git:v0.3.0", tmp_path, "x86_64", run=fake).path
+    runner.resolve_runner("git:v0.3.0", tmp_path, "x86_64", run=fake)
     assert not any(c[:2] == ["git", "clone"] for c in fake.calls)
 
 
 def test_git_unknown_ref(tmp_path: Path) -> None:
     fake = FakeRun(runner.git_src_dir(tmp_path), "x86_64-unknown-linux-musl", set())
     with pytest.raises(UsageError) as err:
-        runner.resolve_runner("git:nosuch", tmp_path, "x86_64", run=fake).path
+        runner.resolve_runner("git:nosuch", tmp_path, "x86_64", run=fake)
     assert "git ref 'nosuch' is not a branch, tag or commit" in str(err.value)
     assert not any(c[0] == "cargo" for c in fake.calls)
 
