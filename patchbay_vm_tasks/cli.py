@@ -176,5 +176,6 @@ class _Program(Program):
             self.config.set_project_location(str(project))
             self.config.load_project(merge=False)
         self.config.merge()
-        if project is not None and not self.config.vm.get("project_dir"):
-            self.config.vm.project_dir = str(project)
+        # The collection's `vm` defaults arrive later; a modification merges over them.
+        if project is not None and not (self.config.get("vm") or {}).get("project_dir"):
+            self.config["vm"] = {"project_dir": str(project)}

@@ -85,6 +85,17 @@ def sim_plan(path: Path, strict: bool = True) -> str:
         raise UsageError(str(err)) from None
 
 
+def refuse_broken(paths: list[Path], binary_names: list[str]) -> None:
+    """Read each sim as the builtin runner will, in a run (unknown keys only warned about
+    there); what it would refuse is a UsageError now. binary_names: `--binary` overrides,
+    which may supply a `${binary.X}` that no sim declares."""
+    for path in paths:
+        try:
+            reader.load_sim(path, strict=False, extra_binaries=tuple(binary_names))
+        except SimError as err:
+            raise UsageError(str(err)) from None
+
+
 def check_sims(args: list[str]) -> list[Path]:
     """The sims `sim.check` reads: files or folders as for sim.run, anywhere on the host."""
     return expand_sim_args(args, None)

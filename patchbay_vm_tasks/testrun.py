@@ -71,6 +71,9 @@ class BinaryResult:
 
     name: str
     exit_code: int
+    output: str = ""  # stdout then stderr, for JUnit
+    seconds: float = 0.0
+    timed_out: str | None = None  # the --timeout it was killed after
 
     @property
     def passed(self) -> bool:
@@ -78,8 +81,12 @@ class BinaryResult:
 
 
 def format_result_line(r: BinaryResult) -> str:
-    """`PASS name` or `FAIL name (exit N)`."""
-    return f"PASS {r.name}" if r.passed else f"FAIL {r.name} (exit {r.exit_code})"
+    """`PASS name`, `FAIL name (exit N)` or `FAIL name (timed out after DUR)`."""
+    if r.passed:
+        return f"PASS {r.name}"
+    if r.timed_out:
+        return f"FAIL {r.name} (timed out after {r.timed_out})"
+    return f"FAIL {r.name} (exit {r.exit_code})"
 
 
 def format_summary(results: Sequence[BinaryResult]) -> str:

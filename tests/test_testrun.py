@@ -172,6 +172,7 @@ def test_guest_argv_through_a_real_shell(tmp_path: Path) -> None:
         (BinaryResult("net-047a", 101), "FAIL net-047a (exit 101)"),
         (BinaryResult("testcrate::net (test)", 1), "FAIL testcrate::net (test) (exit 1)"),
         (BinaryResult("crash", -11), "FAIL crash (exit -11)"),
+        (BinaryResult("hung", 124, timed_out="30s"), "FAIL hung (timed out after 30s)"),
     ],
 )
 def test_format_result_line(result: BinaryResult, line: str) -> None:

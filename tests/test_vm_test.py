@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 
+import junitparser
 import pytest
 from vmfixtures import TIMINGS, VmEnv
 
@@ -69,3 +70,24 @@ def test_build_failure_shows_cargo_and_runs_nothing(vm: VmEnv) -> None:
     assert out.returncode == 101, out.stdout + out.stderr
     assert "mismatched types" in out.stderr
     assert "PASS" not in out.stdout and "passed," not in out.stdout
+
+
+def test_timeout_kills_a_hung_binary(vm: VmEnv) -> None:
+    out = vm.invoke("test.run", "--target", GNU, "-F", "hanging", "--test", "net",
+                    "--timeout", "3s", "--", "hangs_forever")  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAIL testcrate::net (test) (timed out after 3s)" in out.stdout
+    assert out.stdout.splitlines()[-1] == "0 passed, 1 failed"
+
+
+def test_junit_has_a_case_per_test(vm: VmEnv, tmp_path) -> None:
+    report = tmp_path / "tests.xml"
+    out = vm.invoke("test.run", "--target", GNU, "-F", "failing", "--test", "net",
+                    "--junit", str(report))  # fmt: skip
+    assert out.returncode == 1, out.stdout + out.stderr
+    xml = junitparser.JUnitXml.fromfile(str(report))
+    cases = {case.name: case for suite in xml for case in suite}
+    assert {"passing", "netns_veth", "filtered_out_example", "deliberately_fails"} <= set(cases)
+    assert cases["passing"].is_passed
+    (failure,) = cases["deliberately_fails"].result
+    assert "deliberately_fails" in (failure.message or "") + (failure.text or "")

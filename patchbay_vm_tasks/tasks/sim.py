@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
 
@@ -12,6 +13,9 @@ from .. import binaries, lifecycle, runner, settings, simfiles, simrun, workdir
 from ..errors import UsageError
 from ..simcore.durations import parse_duration
 from ..ui import say
+from ..viewer.junit import write_sim_junit
+from ..viewer.server import DEFAULT_BIND
+from . import view
 from .common import remainder, task_errors
 
 VERSION_HELP = (
@@ -31,6 +35,10 @@ VERSION_HELP = (
         "verbose": "Stream every node's output, prefixed with its device (runner -v).",
         "recreate": "Boot a fresh VM first (needed when --work-dir differs from the running VM's).",
         "timeout": "Time limit per sim, e.g. 90s or 15m (default 10m); a sim over it fails.",
+        "open": "Serve the results viewer while the run goes on (and after it, until Ctrl-C) "
+        "and open it in the browser.",
+        "bind": "HOST:PORT of the viewer with --open (default 127.0.0.1:7421).",
+        "junit": "Also write a JUnit XML file: a testcase per sim, failures with their step.",
     },
 )
 def run(
@@ -42,6 +50,9 @@ def run(
     verbose: bool = False,
     recreate: bool = False,
     timeout: str | None = None,
+    open: bool = False,
+    bind: str = DEFAULT_BIND,
+    junit: str | None = None,
 ) -> None:
     """Run sims in the VM with the patchbay runner; results land in the work dir."""
     with task_errors():
@@ -56,7 +67,11 @@ def run(
             list(binary or []), sims, s.work_dir, target, s.target_dir, s.project_dir
         )
         chosen = _runner(s, patchbay_version)
+        if chosen.is_builtin:
+            # What the guest would refuse, refused now, before anything boots.
+            simfiles.refuse_broken(sims, [arg.split(":", 1)[0] for arg in binary_args])
         run_id = simrun.new_run_id()
+        viewer = view.start_viewer(s.work_dir, bind, True) if open else None
         vm = lifecycle.up(s, recreate=recreate)
         try:
             argv = simfiles.guest_run_argv(
@@ -76,8 +91,12 @@ def run(
             vm.close()
         say(f"runner exited with {code} after {took:.1f} s; results in {s.work_dir}")
         print(simfiles.format_summary(simfiles.summarize_results(s.work_dir)))
+        if junit:
+            say(f"JUnit report: {write_sim_junit(s.work_dir, Path(junit))}")
         for old in workdir.prune_runs(s.work_dir, s.keep_runs):
             say(f"removed old run {old.name} (keeping {s.keep_runs}; vm.keep_runs)")
+        if viewer is not None:
+            view.serve_until_interrupted(viewer, interrupted=code == simrun.EXIT_INTERRUPTED)
     if code:
         raise Exit(code=code)
 
@@ -188,4 +207,4 @@ def check(c: Context, file: list[str]) -> None:
         say(f"{len(plans)} sim(s) read without error")
 
 
-sim = Collection("sim", run, inspect, exec, check)
+sim = Collection("sim", run, check, inspect, exec, view.serve, view.report)

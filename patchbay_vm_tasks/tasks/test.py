@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Context, Exit, Task, task
@@ -11,6 +12,7 @@ from invoke import Collection, Context, Exit, Task, task
 from .. import cargo, guest, lifecycle, settings, testrun
 from ..errors import UsageError
 from ..ui import say
+from ..viewer.junit import TestBinaryRun, test_run_junit_xml
 from .common import remainder, task_errors
 
 
@@ -49,6 +51,7 @@ class CargoFlagsTask(Task):
         "sudo": "Run the tests as root in the guest (default: the guest user).",
         "timeout": "Limit per test binary, e.g. 300, 90s, 10m, 1h: it is then killed "
         "and counts as failed.",
+        "junit": "Also write a JUnit XML file: a testcase per test of each binary.",
     },
 )
 def run(
@@ -65,6 +68,7 @@ def run(
     recreate: bool = False,
     sudo: bool = False,
     timeout: str | None = None,
+    junit: str | None = None,
 ) -> None:
     """Build Rust tests with cargo and run them in the VM; args after -- go to each binary."""
     with task_errors():
@@ -98,6 +102,8 @@ def run(
         finally:
             vm.close()
         print(testrun.format_summary(results))
+        if junit:
+            say(f"JUnit report: {write_test_junit(results, Path(junit))}")
     code = testrun.overall_exit_code(results)
     if code:
         raise Exit(code=code)
@@ -141,6 +147,12 @@ def timed_out(exit_code: int, elapsed: float, limit: tuple[str, float] | None) -
     return limit is not None and exit_code in TIMEOUT_EXIT_CODES and elapsed >= limit[1]
 
 
+def write_test_junit(results: list, out: Path) -> Path:
+    runs = [TestBinaryRun(r.name, r.exit_code, r.output, r.seconds) for r in results]
+    out.write_text(test_run_junit_xml(runs), encoding="utf-8")
+    return out
+
+
 def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=None) -> list:
     if not exes:
         say("cargo built no test binaries; nothing to run")
@@ -153,9 +165,11 @@ def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=No
         argv = testrun.guest_test_argv(path, filter, test_args, env, sudo=sudo)
         started = time.monotonic()
         result = guest.run_argv(vm.conn, with_timeout(argv, limit), in_stream=False)
-        if timed_out(result.exited, time.monotonic() - started, limit):
-            print(f"TIMEOUT {exe.label}: killed after --timeout {limit[0]}", flush=True)
-        outcome = testrun.BinaryResult(exe.label, result.exited)
+        took = time.monotonic() - started
+        cut = limit[0] if timed_out(result.exited, took, limit) else None
+        outcome = testrun.BinaryResult(
+            exe.label, result.exited, result.stdout + result.stderr, took, cut
+        )
         print(testrun.format_result_line(outcome), flush=True)
         results.append(outcome)
         if not outcome.passed and not no_fail_fast:

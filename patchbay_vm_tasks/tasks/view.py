@@ -1,6 +1,6 @@
 """`sim.serve` and `sim.report`: look at results in a browser, live or as one HTML file.
 
-The lead registers them in the `sim` collection (`Collection("sim", run, serve, report)`).
+Registered in the `sim` collection; `sim.run --open` uses the same viewer.
 """
 
 from __future__ import annotations
@@ -32,6 +32,19 @@ def start_viewer(work_dir: Path, bind: str, open_browser: bool) -> server_mod.Vi
     return srv
 
 
+def serve_until_interrupted(srv: server_mod.ViewerServer, interrupted: bool = False) -> None:
+    """Keep serving until Ctrl-C (at once when the run before was interrupted), then stop."""
+    try:
+        if not interrupted:
+            say(f"still serving {srv.url}; Ctrl-C stops it")
+            srv.stopping.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 @task(
     help={
         "work_dir": "The work dir to show (default .patchbay-work).",
@@ -45,14 +58,7 @@ def serve(
     """Serve the results viewer over the work dir until Ctrl-C."""
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
-        srv = start_viewer(s.work_dir, bind, open)
-        try:
-            srv.stopping.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            srv.shutdown()
-            srv.server_close()
+        serve_until_interrupted(start_viewer(s.work_dir, bind, open))
 
 
 @task(
