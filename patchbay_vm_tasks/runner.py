@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from . import __version__, builtin
-from .downloads import HttpError, Unreachable, download, get
+from .downloads import HttpError, Unreachable, check_due, download, get, stamp_for
 from .errors import EXIT_UNAVAILABLE, TaskError, UsageError
 from .files import copy_executable, executable_beside
 from .ui import say, warn
@@ -275,10 +275,27 @@ def builtin_runner() -> ResolvedRunner:
     return ResolvedRunner(RunnerKind.BUILTIN, None, f"builtin {__version__}")
 
 
-def _resolve_latest(work_dir: Path, arch: str, base_url: str) -> ResolvedRunner:
+def _latest_stamp(work_dir: Path, base_url: str) -> Path:
+    """When `latest` was last asked for, holding the tag it was then."""
+    return stamp_for(_cache_root(work_dir), f"{base_url}/latest")
+
+
+def _resolve_latest(
+    work_dir: Path, arch: str, base_url: str, refresh: bool = False
+) -> ResolvedRunner:
+    stamp = _latest_stamp(work_dir, base_url)
+    if not check_due(stamp, refresh=refresh):
+        # Asked within the day: the release it named, from the cache, no network.
+        tag = stamp.read_text().strip()
+        path = cached_runner_path(work_dir, tag)
+        if _SAFE_TAG_RE.match(tag) and path.is_file():
+            say(f"using the cached patchbay runner {tag} (latest as of the last daily check)")
+            return ResolvedRunner(RunnerKind.LATEST, path, tag)
     try:
         tag = resolve_latest_tag(base_url)
-        return ResolvedRunner(RunnerKind.LATEST, fetch_release(tag, work_dir, arch, base_url), tag)
+        path = fetch_release(tag, work_dir, arch, base_url)
+        stamp.write_text(tag + "\n")  # the check is done: not again for a day
+        return ResolvedRunner(RunnerKind.LATEST, path, tag)
     except Unreachable as exc:
         cached = newest_cached_runner(work_dir)
         if cached is None:
@@ -430,12 +447,15 @@ def resolve_runner(
     *,
     repo_url: str | None = None,
     run: Runner = subprocess.run,
+    refresh: bool = False,
 ) -> ResolvedRunner:
     """The runner that `--patchbay-version` asks for; pass it to install_runner().
 
-    musl_target defaults to the arch's musl triple. A runner named by tag or git ref
-    that cannot be obtained raises RunnerUnavailable (exit 69); `latest` that cannot be
-    reached falls back to a cached release, else to the builtin runner.
+    musl_target defaults to the arch's musl triple. `latest` is asked for online at
+    most once a day (`refresh`: now), a cached copy is used in between. A runner named
+    by tag or git ref that cannot be obtained raises RunnerUnavailable (exit 69);
+    `latest` that cannot be reached falls back to a cached release, else to the builtin
+    runner.
     """
     source = parse_version(version)
     target = musl_target or musl_target_for(arch)
@@ -454,7 +474,7 @@ def resolve_runner(
         return ResolvedRunner(source.kind, built, f"git:{source.value}")
     normalize_arch(arch)  # bad arch is a usage error before any network traffic
     if source.kind is RunnerKind.LATEST:
-        return _resolve_latest(work_dir, arch, base)
+        return _resolve_latest(work_dir, arch, base, refresh)
     try:
         return ResolvedRunner(
             source.kind, fetch_release(source.value, work_dir, arch, base), source.value

@@ -259,7 +259,9 @@ def test_extract_member_bad_archives(tmp_path: Path, content: bytes, message: st
 # ── downloads from the local release server ──────────────────────────────────
 
 
-def test_latest_downloads_and_is_rechecked_each_time(tmp_path: Path, server: ReleaseServer) -> None:
+def test_latest_is_asked_for_at_most_once_a_day(
+    tmp_path: Path, server: ReleaseServer, capsys: pytest.CaptureFixture
+) -> None:
     server.publish("v0.1.0", release_tar())
     path = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path
     assert path == tmp_path / ".patchbay-cache" / "v0.1.0" / "patchbay"
@@ -268,16 +270,26 @@ def test_latest_downloads_and_is_rechecked_each_time(tmp_path: Path, server: Rel
     # The tarball is not kept, nor any temp file.
     assert sorted(p.name for p in path.parent.iterdir()) == ["patchbay"]
 
-    # Same release still latest: asked again, not downloaded again.
-    server.requests.clear()
-    assert runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path == path
-    assert server.requests == ["/releases/latest", "/releases/tag/v0.1.0"]
-
-    # A new release: latest moves on.
+    # Within the day: the cached release, without a single request, and said so.
     server.publish("v0.2.0", release_tar(b"v2"))
-    newer = runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path
+    server.requests.clear()
+    capsys.readouterr()
+    assert runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base).path == path
+    assert server.requests == []
+    assert "using the cached patchbay runner v0.1.0" in capsys.readouterr().err
+
+    # --refresh (or a day later) asks again, and latest moves on.
+    newer = runner.resolve_runner(
+        "latest", tmp_path, "x86_64", base_url=server.base, refresh=True
+    ).path
     assert newer == tmp_path / ".patchbay-cache" / "v0.2.0" / "patchbay"
     assert newer.read_bytes() == b"v2"
+    stamp = next((tmp_path / ".patchbay-cache").glob(".checked-*"))
+    old = stamp.stat().st_mtime - 2 * 86400
+    os.utime(stamp, (old, old))
+    server.requests.clear()
+    runner.resolve_runner("latest", tmp_path, "x86_64", base_url=server.base)
+    assert server.requests[0] == "/releases/latest"
 
 
 def test_bare_version_means_tag_and_is_cached(tmp_path: Path, server: ReleaseServer) -> None:

@@ -39,6 +39,7 @@ VERSION_HELP = (
         "and open it in the browser.",
         "bind": "HOST:PORT of the viewer with --open (default 127.0.0.1:7421).",
         "junit": "Also write a JUnit XML file: a testcase per sim, failures with their step.",
+        "refresh": "Ask for a newer `latest` runner and base image now (else once a day).",
     },
 )
 def run(
@@ -53,6 +54,7 @@ def run(
     open: bool = False,
     bind: str = DEFAULT_BIND,
     junit: str | None = None,
+    refresh: bool = False,
 ) -> None:
     """Run sims in the VM with the patchbay runner; results land in the work dir."""
     with task_errors():
@@ -66,13 +68,13 @@ def run(
         binary_args = binaries.prepare_binary_args(
             list(binary or []), sims, s.work_dir, target, s.target_dir, s.project_dir
         )
-        chosen = _runner(s, patchbay_version)
+        chosen = _runner(s, patchbay_version, refresh)
         if chosen.is_builtin:
             # What the guest would refuse, refused now, before anything boots.
             simfiles.refuse_broken(sims, [arg.split(":", 1)[0] for arg in binary_args])
         run_id = simrun.new_run_id()
         viewer = view.start_viewer(s.work_dir, bind, True) if open else None
-        vm = lifecycle.up(s, recreate=recreate)
+        vm = lifecycle.up(s, recreate=recreate, refresh=refresh)
         try:
             argv = simfiles.guest_run_argv(
                 [simfiles.guest_sim_path(p, s.project_dir) for p in sims],
@@ -133,7 +135,7 @@ def inspect(
             code = simrun.run_interruptible(vm.conn, argv, run_id, what="the lab")
         finally:
             vm.close()
-    if code and code != simrun.EXIT_INTERRUPTED:
+    if code:  # 130 after Ctrl-C, the usual end, once the guest has cleaned up
         raise Exit(code=code)
 
 
@@ -171,10 +173,12 @@ def _check_timeout(timeout: str | None) -> None:
         raise UsageError(f"--timeout {timeout!r}: {exc}") from None
 
 
-def _runner(s: settings.VmSettings, flag: str | None) -> runner.ResolvedRunner:
+def _runner(
+    s: settings.VmSettings, flag: str | None, refresh: bool = False
+) -> runner.ResolvedRunner:
     """Resolve and stage the runner (flag, else setting); the guest runs it from /work."""
     version = flag or s.patchbay_version
-    chosen = runner.resolve_runner(version, s.work_dir, s.arch)
+    chosen = runner.resolve_runner(version, s.work_dir, s.arch, refresh=refresh)
     runner.install_runner(chosen, s.work_dir)
     return chosen
 
