@@ -699,6 +699,18 @@ def test_unusable_input_exits_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "duration" in proc.stderr
 
 
+def test_a_binary_given_only_on_the_command_line(tmp_path: Path) -> None:
+    sim = write_sim(tmp_path, "cli-binary", ONE_ROUTER + """
+        [[step]]
+        action = "run"
+        device = "a"
+        cmd = ["${binary.tool}", "ok"]
+    """)  # fmt: skip
+    proc = runner("run", "--work-dir", str(tmp_path / "w"), "--binary", "tool:path:/bin/echo",
+                  str(sim), timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 # --- interruptions, concurrency, inspect ---------------------------------------------------
 
 

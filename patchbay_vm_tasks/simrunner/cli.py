@@ -125,10 +125,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return sorted(found)
 
 
-def load(path: Path) -> model.Sim:
+def load(path: Path, binary_names: tuple[str, ...] = ()) -> model.Sim:
+    """A sim as a run reads it: unknown keys are warnings; `--binary` names may supply a
+    `${binary.X}` that no `[[binary]]` entry declares."""
     from ..simcore.reader import load_sim
 
-    return load_sim(str(path), strict=False)
+    return load_sim(str(path), strict=False, extra_binaries=binary_names)
 
 
 # --- run ----------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         paths = expand_inputs(args.sims)
         timeout = parse_duration(args.timeout) if args.timeout else 600.0
         overrides = [parse_binary_override(b) for b in args.binary]
-        sims = [load(p) for p in paths]
+        sims = [load(p, tuple(o.name for o in overrides)) for p in paths]
     except (ValueError, model.SimError) as e:
         err(f"error: {e}")
         return EXIT_USAGE
