@@ -105,7 +105,7 @@ def test_corpus_1to10_counts(corpus_dir: Path) -> None:
     topo = sim.topology
     assert len(topo.routers) + len(topo.devices) == 12
     assert [d.name for d in topo.devices] == [f"fetcher-{i}" for i in range(10)] + ["provider"]
-    assert sim.topology_ref == "1to10-public" and sim.topology_mode == "file"
+    assert sim.topology_ref == "1to10-public" and sim.topology_mode == "external"
     assert len(sim.steps) == 21
     waits = [s for s in sim.steps if s.action is Action.WAIT_FOR]
     assert [s.id for s in waits] == [f"fetcher-{i}" for i in range(10)]

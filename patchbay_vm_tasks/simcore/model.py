@@ -171,7 +171,8 @@ class Sim:
 
     @property
     def topology_mode(self) -> str:
-        return "file" if self.topology_ref else "inline"
+        """As the Rust runner writes it in sim.json: a `[sim] topology` file, or inline."""
+        return "external" if self.topology_ref else "inline"
 
 
 class SimError(Exception):

@@ -100,7 +100,7 @@ def setup_summary(sim: model.Sim) -> dict[str, Any]:
     return {
         "sim_path": sim.path,
         "topology_ref": sim.topology_ref,
-        "topology_mode": "external" if sim.topology_ref else "inline",
+        "topology_mode": sim.topology_mode,
         "routers": len(sim.topology.routers),
         "devices": len(sim.topology.devices),
         "regions": len(regions),
