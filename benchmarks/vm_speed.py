@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -198,14 +199,14 @@ def bench_staging(vm: BenchVm, mode: str, size_mb: int, runs: int, source: Path,
             started = time.monotonic()
             shutil.copyfile(source, target)
             out = conn.run(
-                f"python3 -c {json.dumps(GUEST_READ)} /work/bench-stage.bin", hide=True
+                f"python3 -c {shlex.quote(GUEST_READ)} /work/bench-stage.bin", hide=True
             ).stdout.split()
             stage.samples.append(time.monotonic() - started)
             nbytes, seconds = int(out[0]), float(out[1])
             assert nbytes == size_mb << 20, out
             read.samples.append(nbytes / 1e6 / seconds)
             out = conn.run(
-                f"python3 -c {json.dumps(GUEST_WRITE)} /work/bench-write.bin {size_mb}",
+                f"python3 -c {shlex.quote(GUEST_WRITE)} /work/bench-write.bin {size_mb}",
                 hide=True,
             ).stdout.split()
             write.samples.append((size_mb << 20) / 1e6 / float(out[0]))
@@ -280,6 +281,8 @@ def run(
     cases: list[Case] = []
     vms = []
     started = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
+    path = RESULTS / f"vm-speed-{stamp}{'-' + label if label else ''}.json"
     try:
         for index, mode in enumerate(fs_modes):
             vm = BenchVm(project, f"speed-{mode}", port + index, {"QEMU_VM_FS": mode})
@@ -299,18 +302,17 @@ def run(
         if not keep:
             for vm in vms:
                 vm.invoke("vm.down", check=False)
+        # What was measured is kept, also when a later case failed.
+        result = {
+            "label": label,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "cases": [c.summary() for c in cases],
+            "ratios": ratios(cases),
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
     table = format_table(cases)
-    result = {
-        "label": label,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-        "cases": [c.summary() for c in cases],
-        "ratios": ratios(cases),
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
-    path = RESULTS / f"vm-speed-{stamp}{'-' + label if label else ''}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
     print(table)
     for name, value in result["ratios"].items():
         print(f"{name}: {value}")
