@@ -28,6 +28,12 @@ from .ui import console, say, warn
 ACCEL_STALL_SECONDS = 30.0
 
 
+class BootInterrupted(TaskError):
+    """Ctrl-C during a boot; everything it started is stopped (SPEC 9.15)."""
+
+    exit_code = 130
+
+
 @dataclass
 class Vm:
     """A running VM and the one connection this task keeps to it."""
@@ -73,6 +79,12 @@ def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> V
             pid = None
         if pid and record:
             _check_same_mounts(settings, record)
+            if _answers_without_ssh(settings, state, record):
+                # The connection opens (one handshake) only when a task sends a command.
+                conn = guest.connection(
+                    record["ssh_port"], record["ssh_user"], state.key, state.known_hosts
+                )
+                return Vm(settings, record, conn, booted=False)
             conn = _connect(state, record)
             # Provisioned when it booted; only make sure the shares are still mounted.
             script = shares.mount_script(settings.mounts(), record["fs_mode"], settings.ssh_user)
@@ -83,6 +95,33 @@ def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> V
             for path in (state.disk, state.seed):
                 path.unlink(missing_ok=True)
         return _boot(settings, state, refresh)
+
+
+def _answers_without_ssh(settings: VmSettings, state: StateDir, record: dict[str, Any]) -> bool:
+    """True when QEMU runs the guest (QMP), its helpers live, and the guest agent answers
+    that every share is mounted: a warm `up` then needs no SSH handshake (about 1 s under
+    TCG). False sends the caller down the SSH path, which also repairs the mounts."""
+    if not record.get("guest_agent"):
+        return False  # an image without the agent (the official cloud image)
+    marker = str(state.root)
+    if not all(qemu.is_ours(pid, marker) for pid in record.get("helpers", [])):
+        return False
+    try:
+        if (
+            qemu.qmp(state.qmp_socket, "query-status", timeout=2.0).get("return", {}).get("status")
+            != "running"
+        ):
+            return False
+        with qemu.guest_agent(state.qga_socket) as agent:
+            return agent.run(shares.mounted_check_argv(settings.mounts())) == 0
+    except (OSError, ValueError, qemu.GuestAgentError):
+        return False
+
+
+def cpus_explicit(settings: VmSettings) -> bool:
+    """Whether a CPU count was asked for (QEMU_VM_CPUS, or a config/flag value other than
+    the default); only the default is fitted to the host under TCG."""
+    return "QEMU_VM_CPUS" in os.environ or settings.cpus != qemu.DEFAULT_CPUS
 
 
 def _check_same_mounts(settings: VmSettings, record: dict[str, Any]) -> None:
@@ -146,6 +185,7 @@ def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
     accel, notes = qemu.choose_accel(settings.qemu_bin, settings.accel, settings.arch)
     for note in notes:
         warn(note)
+    cpus = qemu.guest_cpus(settings.cpus, accel, cpus_explicit(settings))
     fs_mode, daemon, fs_why = shares.choose_fs_mode(settings.fs_mode, settings.virtiofsd_bin)
     if fs_mode == "9p" and settings.fs_mode == "auto":
         say(f"sharing folders over 9p: {fs_why}")
@@ -155,6 +195,7 @@ def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
         "ssh_port": port,
         "ssh_user": settings.ssh_user,
         "accel": accel,
+        "cpus": cpus,
         "fs_mode": fs_mode,
         "mounts": mount_record(settings),
         "base_image": str(base.disk),
@@ -162,14 +203,19 @@ def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
     }
     try:
         vm = _start_and_wait(settings, state, base, record, daemon)
-    except BaseException:
-        # Nothing left running on failure; the serial log stays for reading.
-        _stop(state, running_pid(state), state.read_runtime() or record)
-        _remove_transient(state, record)
+    except BaseException as e:
+        # Nothing left running on failure (what _start_and_wait owned is stopped already;
+        # this sweeps what a PID file names); the serial log stays for reading.
+        _remove_transient(state, state.read_runtime() or record)
+        if isinstance(e, KeyboardInterrupt):
+            raise BootInterrupted(
+                f"interrupted: stopped {settings.name} and its helpers "
+                f"(serial log: {state.serial_log})"
+            ) from None
         raise
     say(
         f"VM {settings.name} is up after {time.monotonic() - started:.1f} s "
-        f"(accel {vm.record['accel']}, {fs_mode}, ssh port {port})"
+        f"(accel {vm.record['accel']}, {fs_mode}, ssh port {port}, {vm.record['cpus']} CPUs)"
     )
     return vm
 
@@ -182,24 +228,69 @@ def _start_and_wait(
     daemon: shares.Virtiofsd | None,
 ) -> Vm:
     share_list = shares.make_shares(settings.mounts(), record["fs_mode"], state.root)
-    if daemon:
-        for share in share_list:
-            log = state.root / f"virtiofsd-{share.tag}.log"
-            pid = shares.start_virtiofsd(daemon, share, log)
-            (state.root / f"virtiofsd-{share.tag}.pid").write_text(f"{pid}\n")
-            record["helpers"].append(pid)
-            state.write_runtime(record)
-    _start_qemu(settings, state, base, record, share_list)
+    owned = _start_processes(settings, state, base, record, daemon, share_list)
+    try:
+        vm = _wait_and_provision(settings, state, base, record, daemon, share_list, owned)
+    except BaseException:
+        owned.close()
+        raise
+    # From here the runtime record owns the processes (`vm.down`, `vm.cleanup`).
+    owned.pop_all()
+    return vm
 
+
+def _start_processes(
+    settings: VmSettings,
+    state: StateDir,
+    base: BaseImage,
+    record: dict[str, Any],
+    daemon: shares.Virtiofsd | None,
+    share_list: list[qemu.Share],
+) -> contextlib.ExitStack:
+    """Start the virtiofsd helpers and QEMU; the returned stack stops them all, QEMU
+    first. Each process is owned from the moment it exists, so an error or Ctrl-C at
+    any point leaves nothing running."""
+    marker = str(state.root)
+    owned = contextlib.ExitStack()
+    try:
+        record["helpers"] = []
+        if daemon:
+            for share in share_list:
+                log = state.root / f"virtiofsd-{share.tag}.log"
+                pid = shares.start_virtiofsd(
+                    daemon, share, log, on_start=lambda p: owned.callback(qemu.terminate, p, marker)
+                )
+                (state.root / f"virtiofsd-{share.tag}.pid").write_text(f"{pid}\n")
+                record["helpers"].append(pid)
+                state.write_runtime(record)
+        _start_qemu(settings, state, base, record, share_list)
+        owned.callback(qemu.quit_now, record["pid"], state.qmp_socket, marker)
+    except BaseException:
+        owned.close()
+        raise
+    return owned
+
+
+def _wait_and_provision(
+    settings: VmSettings,
+    state: StateDir,
+    base: BaseImage,
+    record: dict[str, Any],
+    daemon: shares.Virtiofsd | None,
+    share_list: list[qemu.Share],
+    owned: contextlib.ExitStack,
+) -> Vm:
     conn = guest.connection(record["ssh_port"], settings.ssh_user, state.key, state.known_hosts)
     if record["accel"] != "tcg" and settings.accel == "auto" and not _shows_life(state):
         warn(
             f"the {record['accel']} guest printed nothing in {ACCEL_STALL_SECONDS:.0f} s; "
             f"restarting it under TCG (set QEMU_VM_ACCEL to choose)"
         )
-        qemu.terminate(record["pid"], str(state.root))
+        # The virtiofsd helpers serve one QEMU only: restart them with it.
+        owned.close()
         record["accel"] = "tcg"
-        _start_qemu(settings, state, base, record, share_list)
+        record["cpus"] = qemu.guest_cpus(settings.cpus, "tcg", cpus_explicit(settings))
+        owned.push(_start_processes(settings, state, base, record, daemon, share_list))
 
     with console.status("booting") as status:
 
@@ -217,6 +308,7 @@ def _start_and_wait(
         record["ssh_ready_seconds"] = round(waited, 1)
         status.update("mounting shares and provisioning")
         guest.run_root_script(conn, _guest_script(settings, record["fs_mode"]), "provisioning")
+        record["guest_agent"] = _agent_answers(state)
     state.write_runtime(record)
     return Vm(settings, record, conn, booted=True)
 
@@ -234,13 +326,14 @@ def _start_qemu(
         arch=settings.arch,
         accel=record["accel"],
         mem_mb=settings.mem_mb,
-        cpus=settings.cpus,
+        cpus=record["cpus"],
         disk=state.disk,
         seed=state.seed,
         ssh_port=record["ssh_port"],
         pidfile=state.pidfile,
         serial_log=state.serial_log,
         qmp_socket=state.qmp_socket,
+        qga_socket=state.qga_socket,
         fs_mode=record["fs_mode"],
         shares=tuple(share_list),
         base=base,
@@ -259,6 +352,17 @@ def _start_qemu(
         raise VmUnavailable(f"QEMU started but wrote no PID file {state.pidfile}")
     record.update(pid=pid, started_at=time.time(), qemu_argv=argv)
     state.write_runtime(record)
+
+
+def _agent_answers(state: StateDir) -> bool:
+    """Whether the guest agent answers. Asked once the guest is up over SSH: our image's
+    agent started early in its boot; an image without one costs this one timeout."""
+    try:
+        with qemu.guest_agent(state.qga_socket, timeout=3.0) as agent:
+            agent.call("guest-ping")
+            return True
+    except qemu.GuestAgentError:
+        return False
 
 
 def _shows_life(state: StateDir) -> bool:

@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ VIRTIOFSD_PLACES = (
     "/usr/local/libexec/virtiofsd",
 )
 TAGS = {"/app": "app", "/target": "target", "/work": "work"}
+# Marks our lines in the guest's /etc/fstab (an x- option mount ignores), so they are
+# replaced, never duplicated.
+FSTAB_MARK = "x-patchbay-vm"
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,17 @@ def virtiofsd_argv(daemon: Virtiofsd, share: Share) -> list[str]:
     ]
 
 
-def start_virtiofsd(daemon: Virtiofsd, share: Share, log: Path, timeout: float = 10.0) -> int:
-    """Start one virtiofsd in its own session; wait for its socket. Returns its PID."""
+def start_virtiofsd(
+    daemon: Virtiofsd,
+    share: Share,
+    log: Path,
+    timeout: float = 10.0,
+    on_start: Callable[[int], object] | None = None,
+) -> int:
+    """Start one virtiofsd in its own session; wait for its socket. Returns its PID.
+
+    `on_start(pid)` runs as soon as the process exists, so a caller can own it before
+    the wait (which Ctrl-C may interrupt)."""
     assert share.socket is not None
     share.socket.unlink(missing_ok=True)
     with open(log, "ab") as out:
@@ -111,6 +124,8 @@ def start_virtiofsd(daemon: Virtiofsd, share: Share, log: Path, timeout: float =
             stderr=subprocess.STDOUT,
             start_new_session=True,  # outlives this task, like the daemonised QEMU
         )
+    if on_start:
+        on_start(proc.pid)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if share.socket.exists():
@@ -138,20 +153,39 @@ def make_shares(mounts: list[tuple[str, Path, str]], fs_mode: str, state_dir: Pa
     ]
 
 
+def mount_options(fs_mode: str, access: str) -> tuple[str, str]:
+    """(fstype, mount options) of one share."""
+    if fs_mode == "9p":
+        return "9p", f"{access},trans=virtio,version=9p2000.L,msize=524288,cache=none"
+    return "virtiofs", access
+
+
 def mount_script(mounts: list[tuple[str, Path, str]], fs_mode: str, user: str) -> str:
-    """Shell lines (run as root in the guest) that mount the shares; idempotent."""
+    """Shell lines (run as root in the guest) that mount the shares; idempotent.
+
+    The mounts also go into /etc/fstab (`nofail`), so the guest keeps them by itself
+    across its own reboots, and a warm `up` need not open SSH to make them.
+    """
     lines = ["modprobe -q 9p 9pnet_virtio 2>/dev/null || true"] if fs_mode == "9p" else []
+    fstab = []
     for guest, _host, access in mounts:
         tag = TAGS[guest]
-        opts = access
-        if fs_mode == "9p":
-            fstype = "9p"
-            opts += ",trans=virtio,version=9p2000.L,msize=524288,cache=none"
-        else:
-            fstype = "virtiofs"
+        fstype, opts = mount_options(fs_mode, access)
         g = shlex.quote(guest)
         lines.append(f"mkdir -p {g}; mountpoint -q {g} || mount -t {fstype} -o {opts} {tag} {g}")
+        fstab.append(f"{tag} {guest} {fstype} {opts},nofail,{FSTAB_MARK} 0 0")
+    lines.append(
+        f"grep -v {FSTAB_MARK} /etc/fstab > /etc/fstab.patchbay || true; "
+        f"printf '%s\\n' {' '.join(shlex.quote(f) for f in fstab)} >> /etc/fstab.patchbay; "
+        "mv /etc/fstab.patchbay /etc/fstab"
+    )
     # /work must be writable by the guest user too, whatever uid owns it on the host.
     u = shlex.quote(user)
     lines.append(f"su -s /bin/sh {u} -c 'test -w /work' || chmod a+rwx /work")
     return "\n".join(lines)
+
+
+def mounted_check_argv(mounts: list[tuple[str, Path, str]]) -> list[str]:
+    """A guest command that exits 0 when every share is mounted (run by the guest agent)."""
+    test = " && ".join(f"mountpoint -q {shlex.quote(guest)}" for guest, _h, _a in mounts)
+    return ["/bin/sh", "-c", test]

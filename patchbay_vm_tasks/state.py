@@ -24,6 +24,7 @@ class StateDir:
     pidfile = property(lambda self: self.root / "qemu.pid")
     serial_log = property(lambda self: self.root / "serial.log")
     qmp_socket = property(lambda self: self.root / "qmp.sock")
+    qga_socket = property(lambda self: self.root / "qga.sock")
     key = property(lambda self: self.root / "id_ed25519")
     host_key = property(lambda self: self.root / "ssh_host_ed25519_key")
     known_hosts = property(lambda self: self.root / "known_hosts")
@@ -41,7 +42,14 @@ class StateDir:
 
     def transient(self) -> list[Path]:
         """Files that only mean something while the VM runs."""
-        patterns = ("qemu.pid", "qmp.sock", "runtime.json", "virtiofs-*.sock", "virtiofsd-*.pid")
+        patterns = (
+            "qemu.pid",
+            "qmp.sock",
+            "qga.sock",
+            "runtime.json",
+            "virtiofs-*.sock",
+            "virtiofsd-*.pid",
+        )
         return [p for pat in patterns for p in self.root.glob(pat)]
 
     def read_runtime(self) -> dict[str, Any] | None:

@@ -134,3 +134,20 @@ def test_is_ours_checks_the_command_line(tmp_path) -> None:
     assert not qemu.is_ours(os.getpid(), str(tmp_path / "never-in-a-cmdline"))
     assert not qemu.is_ours(None, "x")
     assert not qemu.is_ours(2**22 + 12345, "x")  # no such process
+
+
+@pytest.mark.parametrize(
+    ("requested", "accel", "explicit", "cores", "expected"),
+    [
+        (4, "tcg", False, 2, 2),  # the default fitted to a 2-core host
+        (4, "tcg", False, 8, 4),  # never more than the default
+        (4, "tcg", True, 2, 4),  # QEMU_VM_CPUS=4 is honoured
+        (4, "kvm", False, 2, 4),  # hardware acceleration keeps the default
+        (4, "hvf", False, 1, 4),
+        (4, "tcg", False, 1, 1),
+    ],
+)
+def test_guest_cpus_fits_the_default_to_the_host_under_tcg(
+    requested: int, accel: str, explicit: bool, cores: int, expected: int
+) -> None:
+    assert qemu.guest_cpus(requested, accel, explicit, cores) == expected
