@@ -1,16 +1,22 @@
 """Host side of a runner process in the guest: its identity, and what Ctrl-C does to it.
 
-A command run over SSH without a pty gets no signal when the client goes; Fabric, on
-Ctrl-C, closes the channel. The builtin runner watches its stdin and cleans up when it
-closes (`--watch-stdin`); the host then waits, on the same connection, until that
-process is gone, so the task only ends after the guest's clean-up (SPEC 9.15: 130).
+A command run over SSH without a pty gets no signal when the client is interrupted, and
+Fabric's own answer to Ctrl-C (close the channel) dead-locks while it waits for the
+output of a process that only stops once that channel closes. So Ctrl-C is ours: the
+first one sends SIGINT to the runner in the guest over a second channel of the same
+connection (the runner cleans up and exits 130, its output still streaming); a second
+one stops waiting. The builtin runner also watches its stdin, so a host that dies
+outright (the connection drops) still leaves a clean guest.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shlex
+import signal
 import subprocess
+import threading
 from collections.abc import Sequence
 
 import invoke
@@ -21,7 +27,7 @@ from .ui import say, warn
 
 EXIT_INTERRUPTED = 130
 RUN_ID_VAR = "PATCHBAY_HOST_RUN_ID"
-CLEANUP_WAIT = 60.0
+RUNNER_MARK = ".patchbay-bin/patchbay"
 
 
 def new_run_id() -> str:
@@ -29,13 +35,18 @@ def new_run_id() -> str:
     return secrets.token_hex(8)
 
 
-def wait_gone_script(run_id: str, timeout: float) -> list[str]:
-    """argv (run as root) that waits until no process carries the run id; exit 1 on timeout."""
+def interrupt_script(run_id: str) -> list[str]:
+    """argv (run as root) that sends SIGINT to the runner process carrying the run id.
+
+    Its children inherit the environment too; only the runner itself is signalled, so that
+    it stops them in order and tears its lab down.
+    """
     needle = f"{RUN_ID_VAR}={run_id}"
     script = (
-        f"end=$(( $(date +%s) + {int(timeout)} )); "
-        f"while grep -qs -- {shlex.quote(needle)} /proc/[0-9]*/environ; do "
-        '[ "$(date +%s)" -lt "$end" ] || exit 1; sleep 0.2; done'
+        "for p in /proc/[0-9]*; do "
+        f"grep -qs -- {shlex.quote(needle)} $p/environ || continue; "
+        f"tr '\\0' ' ' < $p/cmdline | grep -q -- {shlex.quote(RUNNER_MARK)} || continue; "
+        "kill -INT ${p#/proc/} 2>/dev/null; done; true"
     )
     return ["sh", "-c", script]
 
@@ -43,34 +54,39 @@ def wait_gone_script(run_id: str, timeout: float) -> list[str]:
 def run_interruptible(
     conn: invoke.Context, argv: Sequence[str], run_id: str, *, what: str = "the runner"
 ) -> int:
-    """Run argv as root in the guest, streaming its output; its exit code.
+    """Run argv as root in the guest, streaming its output; its exit code, or 130 when
+    Ctrl-C (SIGINT) stopped it, once the guest has cleaned up."""
+    interrupted = threading.Event()
 
-    On Ctrl-C: the channel closes (the runner sees its stdin end and cleans up), we wait
-    for the runner's process to be gone and return 130.
-    """
+    def on_sigint(_signum: int, _frame: object) -> None:
+        if interrupted.is_set():
+            warn(f"stopped waiting for {what} in the guest; `invoke vm.ssh -- sudo ip netns list`")
+            conn.close()  # the runner sees its stdin end and cleans up by itself
+            os._exit(EXIT_INTERRUPTED)
+        interrupted.set()
+        say(f"interrupted: stopping {what} in the guest (Ctrl-C again to stop waiting)")
+        threading.Thread(target=_interrupt_remote, args=(conn, run_id), daemon=True).start()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
     try:
         # in_stream=False: our stdin is not forwarded, but the channel's stays open
-        # until we close it, which is what the runner's --watch-stdin relies on.
-        return guest.run_argv(conn, argv, sudo=True, in_stream=False).exited
-    except KeyboardInterrupt:
-        pass
-    say(f"interrupted: waiting for {what} in the guest to clean up")
-    try:
-        result = guest.run_argv(
-            conn,
-            wait_gone_script(run_id, CLEANUP_WAIT),
-            sudo=True,
-            hide=True,
-            in_stream=False,
-        )
-    except (VmUnavailable, KeyboardInterrupt):
-        warn("could not confirm the guest's clean-up; `invoke vm.ssh -- sudo ip netns list`")
-        return EXIT_INTERRUPTED
-    if result.exited:
-        warn(f"{what} was still running after {CLEANUP_WAIT:.0f} s in the guest")
-    else:
+        # until the command ends, which is what the runner's --watch-stdin relies on.
+        code = guest.run_argv(conn, argv, sudo=True, in_stream=False).exited
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
         say("cleaned up in the guest")
-    return EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _interrupt_remote(conn: invoke.Context, run_id: str) -> None:
+    try:
+        guest.run_argv(conn, interrupt_script(run_id), sudo=True, hide=True, in_stream=False)
+    except VmUnavailable as exc:
+        warn(f"could not reach the guest to stop the runner: {exc}")
 
 
 def qemu_version(qemu_bin: str) -> str:

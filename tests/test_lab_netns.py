@@ -30,6 +30,10 @@ if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"):
 PREFIX = f"lt{os.getpid() % 100000}"
 
 # Bind a UDP port, send to each HOST:PORT, then print what arrives within WAIT seconds.
+# Waits scale with PATCHBAY_TEST_TIME_SCALE: these tests also run in the emulated guest
+# (where the kernel has netem), and each python3 there takes about a second to start.
+SCALE = float(os.environ.get("PATCHBAY_TEST_TIME_SCALE", "1"))
+
 NAT_CLIENT = r"""
 import json, socket, sys, time
 port, wait, dests = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
@@ -141,7 +145,9 @@ def scripts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return out
 
 
-def run_in(lab: Lab, node: str, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess:
+def run_in(
+    lab: Lab, node: str, *argv: str, timeout: float = 20 * SCALE
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         lab.netns_argv(node) + list(argv), capture_output=True, text=True, timeout=timeout
     )
@@ -153,7 +159,9 @@ def popen_in(lab: Lab, node: str, *argv: str) -> subprocess.Popen:
     )
 
 
-def pings(lab: Lab, src: str, dst_ip: str, count: int = 1) -> bool:
+def pings(lab: Lab, src: str, dst_ip: str, count: int = 3) -> bool:
+    """Any reply out of `count` (ping exits 0 then): the first packet after a link comes
+    up may be lost to neighbour discovery on a loaded machine."""
     return (
         run_in(lab, src, "ping", "-c", str(count), "-i", "0.2", "-W", "1", dst_ip).returncode == 0
     )
@@ -162,7 +170,7 @@ def pings(lab: Lab, src: str, dst_ip: str, count: int = 1) -> bool:
 def start_observers(lab: Lab, scripts: dict[str, str], peers: dict[str, int]) -> dict:
     procs = {}
     for dev, port in peers.items():
-        p = popen_in(lab, dev, sys.executable, scripts["observer"], str(port), "4")
+        p = popen_in(lab, dev, sys.executable, scripts["observer"], str(port), str(4 * SCALE))
         assert p.stdout.readline().strip() == "ready"
         procs[dev] = p
     return procs
@@ -173,15 +181,17 @@ def nat_probe(lab: Lab, scripts: dict[str, str], src: str, senders: tuple[str, .
     saw. Returns the (ip, port) each peer saw and what came back to `src`."""
     observers = start_observers(lab, scripts, {"pub1": 5001, "pub2": 5002})
     dests = [f"{lab.ip_of('pub1')}:5001", f"{lab.ip_of('pub2')}:5002"]
-    client = popen_in(lab, src, sys.executable, scripts["client"], "40000", "1.5", *dests)
+    client = popen_in(
+        lab, src, sys.executable, scripts["client"], "40000", str(1.5 * SCALE), *dests
+    )
     seen = {}
     for dev, p in observers.items():
-        out = p.communicate(timeout=10)[0].split()
+        out = p.communicate(timeout=10 * SCALE)[0].split()
         seen[dev] = (out[0], int(out[1])) if len(out) == 2 else None
     for sender in senders:
         ip, port = seen["pub1"]
         assert run_in(lab, sender, sys.executable, scripts["send"], ip, str(port)).returncode == 0
-    got = json.loads(client.communicate(timeout=10)[0])
+    got = json.loads(client.communicate(timeout=10 * SCALE)[0])
     return {"seen": seen, "got": got}
 
 
@@ -395,9 +405,10 @@ def region_topology() -> m.Topology:
     return m.Topology(routers, devices, regions)
 
 
-def avg_rtt(lab: Lab, src: str, dst: str) -> float:
+def min_rtt(lab: Lab, src: str, dst: str) -> float:
+    """The floor of 4 pings: a delay shows there, scheduling noise (TCG) does not."""
     out = run_in(lab, src, "ping", "-c", "4", "-i", "0.2", "-W", "2", lab.ip_of(dst)).stdout
-    return float(out.rsplit("=", 1)[1].split("/")[1])
+    return float(out.rsplit("=", 1)[1].split("/")[0])
 
 
 def test_regions_and_impair_delay() -> None:
@@ -407,12 +418,12 @@ def test_regions_and_impair_delay() -> None:
     try:
         lab.build()
         # eu -> us 20 ms, us -> eu 25 ms (each direction its own entry).
-        assert 40 <= avg_rtt(lab, "eu", "us") <= 75
+        assert 40 <= min_rtt(lab, "eu", "us") <= 75
         # asia is behind a NAT: ping out from it. asia lists no latencies: the others' count.
-        assert 115 <= avg_rtt(lab, "asia", "eu") <= 160  # 60 + 60
-        assert 75 <= avg_rtt(lab, "asia", "us") <= 115  # 40 + 40
-        assert avg_rtt(lab, "eu2", "eu") < 10  # same region
-        assert 40 <= avg_rtt(lab, "slow", "eu") <= 70  # impair: egress latency once
+        assert 115 <= min_rtt(lab, "asia", "eu") <= 160  # 60 + 60
+        assert 75 <= min_rtt(lab, "asia", "us") <= 115  # 40 + 40
+        assert min_rtt(lab, "eu2", "eu") < 10  # same region
+        assert 40 <= min_rtt(lab, "slow", "eu") <= 70  # impair: egress latency once
         state = lab.state()
         assert {(link["a"], link["b"]) for link in state["region_links"]} == {
             ("r-asia", "r-eu"),
