@@ -53,26 +53,36 @@ gateway = "cghome"
 action = "spawn"
 id = "srv"
 device = "server"
-ready_after = "2s"
 cmd = ["python3", "-c", '''
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", 7000))
-for _ in range(2):
+print("listening", flush=True)
+seen = set()
+while len(seen) < 2:
     data, addr = s.recvfrom(100)
-    print(data.decode(), addr[0], flush=True)
+    if data not in seen:
+        seen.add(data)
+        print(data.decode(), addr[0], flush=True)
 ''']
+[step.captures.listening]
+regex = "listening"
 [step.captures.home_seen]
 regex = "from-home (\\\\S+)"
 [step.captures.cg_seen]
 regex = "from-cg (\\\\S+)"
 
+# Sent a few times: UDP, and a loaded emulated guest.
 [[step-template]]
 name = "send"
 action = "run"
+requires = ["srv.listening"]
 cmd = ["python3", "-c", '''
-import socket, sys
-socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(sys.argv[1].encode(), (sys.argv[2], 7000))
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(5):
+    s.sendto(sys.argv[1].encode(), (sys.argv[2], 7000))
+    time.sleep(0.3)
 ''']
 
 [[step]]
