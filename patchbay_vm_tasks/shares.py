@@ -154,9 +154,17 @@ def make_shares(mounts: list[tuple[str, Path, str]], fs_mode: str, state_dir: Pa
 
 
 def mount_options(fs_mode: str, access: str) -> tuple[str, str]:
-    """(fstype, mount options) of one share."""
+    """(fstype, mount options) of one share.
+
+    9p caches, measured in a TCG guest reading 200 MB (cache=none: 9-15 MB/s, virtiofs
+    32): `mmap` (55-65 MB/s) for the read-only shares, and `readahead` (23-25 MB/s) for
+    /work, since `mmap` holds the guest's writes back until close and the host reads
+    /work live. Both see files the host changed or replaced; `loose` (53-90) does not.
+    msize: the kernel's virtio transport caps it near 512 KiB anyway.
+    """
     if fs_mode == "9p":
-        return "9p", f"{access},trans=virtio,version=9p2000.L,msize=524288,cache=none"
+        cache = "mmap" if access == "ro" else "readahead"
+        return "9p", f"{access},trans=virtio,version=9p2000.L,msize=524288,cache={cache}"
     return "virtiofs", access
 
 

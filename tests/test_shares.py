@@ -140,3 +140,9 @@ def test_status_text() -> None:
     stopped = lifecycle.format_status(info | {"running": False, "pid": None, "settings": asked})
     assert "would use: 2 CPUs, 1024 MB, amd64, ssh port 2222 (default)" in stopped
     assert "image:     debian:trixie" in stopped
+
+
+def test_9p_caches_reads_but_never_holds_back_writes_to_work() -> None:
+    assert shares.mount_options("9p", "ro")[1].endswith("cache=mmap")
+    assert shares.mount_options("9p", "rw")[1].endswith("cache=readahead")
+    assert shares.mount_options("virtiofs", "rw") == ("virtiofs", "rw")
