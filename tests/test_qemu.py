@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,54 @@ def test_guest_cpus_fits_the_default_to_the_host_under_tcg(
     requested: int, accel: str, explicit: bool, cores: int, expected: int
 ) -> None:
     assert qemu.guest_cpus(requested, accel, explicit, cores) == expected
+
+
+def _fake_agent(path: Path, stale: bytes = b"") -> threading.Thread:
+    """A guest agent on a unix socket: answers guest-sync (after a stale line an earlier
+    client left), guest-ping, guest-exec (exit 3) and guest-exec-status."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rwb") as f:
+            f.write(stale)
+            for line in f:
+                msg = json.loads(line)
+                cmd, args = msg["execute"], msg.get("arguments", {})
+                answer = {
+                    "guest-sync": args.get("id"),
+                    "guest-ping": {},
+                    "guest-exec": {"pid": 42},
+                    "guest-exec-status": {"exited": True, "exitcode": 3},
+                }[cmd]
+                f.write(json.dumps({"return": answer}).encode() + b"\n")
+                f.flush()
+        server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_guest_agent_skips_stale_answers_and_runs_commands(tmp_path: Path) -> None:
+    sock = tmp_path / "qga.sock"
+    _fake_agent(sock, stale=b'{"return": 12345}\n')
+    with qemu.guest_agent(sock) as agent:
+        assert agent.call("guest-ping") == {}
+        assert agent.run(["/bin/sh", "-c", "exit 3"]) == 3
+
+
+def test_guest_agent_that_does_not_answer_is_an_error(tmp_path: Path) -> None:
+    sock = tmp_path / "qga.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock))
+    server.listen(1)  # accepts, never answers: an image without the agent
+    try:
+        with pytest.raises(qemu.GuestAgentError):
+            qemu.guest_agent(sock, timeout=0.2)
+    finally:
+        server.close()
+    with pytest.raises(qemu.GuestAgentError):
+        qemu.guest_agent(tmp_path / "absent.sock", timeout=0.2)

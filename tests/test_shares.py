@@ -146,3 +146,17 @@ def test_9p_caches_reads_but_never_holds_back_writes_to_work() -> None:
     assert shares.mount_options("9p", "ro")[1].endswith("cache=mmap")
     assert shares.mount_options("9p", "rw")[1].endswith("cache=readahead")
     assert shares.mount_options("virtiofs", "rw") == ("virtiofs", "rw")
+
+
+def test_mount_script_keeps_the_mounts_in_the_guests_fstab() -> None:
+    mounts = [("/app", Path("/p"), "ro"), ("/work", Path("/w"), "rw")]
+    script = shares.mount_script(mounts, "virtiofs", "dev")
+    # Our earlier lines are dropped first, so a second run never duplicates them.
+    assert "grep -v x-patchbay-vm /etc/fstab" in script
+    assert "'app /app virtiofs ro,nofail,x-patchbay-vm 0 0'" in script
+    assert "'work /work virtiofs rw,nofail,x-patchbay-vm 0 0'" in script
+    assert shares.mounted_check_argv(mounts) == [
+        "/bin/sh",
+        "-c",
+        "mountpoint -q /app && mountpoint -q /work",
+    ]
