@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 from test_viewer_fixture import INV_FAIL, INV_OK, SECRET, make_workdir
 
+from patchbay_vm_tasks.viewer import logs
 from patchbay_vm_tasks.viewer import server as viewer_server
 
 PING = f"{INV_OK}/ping-e2e"
@@ -120,6 +121,29 @@ def test_logs_list_with_node_and_kind(srv) -> None:
     assert by_path["events.jsonl"] == {"node": "_run", "kind": "lab_events", "path": "events.jsonl"}
     assert by_path["state.json"]["kind"] == "json"
     assert [e["node"] for e in logs] == sorted(e["node"] for e in logs)
+
+
+def test_log_kinds_sniffed_as_patchbay_server_does() -> None:
+    """detect_log_kind of patchbay-server, case by case (found driving its ui/ over our API)."""
+    kind = logs.kind_of
+    qlog_head = b'\x1e{"qlog_version":"0.3","file_schema":"urn:ietf:params:qlog:file:sequential",'
+    qlog_head += b'"serialization_format":"JSON-SEQ"}\n\x1e{"time":0,"name":"x"}\n'
+    # qlog by content, whatever the name (.sqlog); not jsonl, which the timeline would read
+    assert kind("device.client.conn.sqlog", qlog_head) == "qlog"
+    assert kind("device.client.x.qlog-0", b"anything") == "qlog"
+    trace = b'{"timestamp":"t","level":"INFO","target":"a","fields":{}}'
+    # a tracing line among the first five wins even if a later line is cut off
+    assert kind("device.c.out.log", trace + b'\n{"cut') == "tracing_jsonl"
+    # ...but a non-object line before it does not
+    assert kind("device.c.out.log", b"[1]\n" + trace + b"\n") == "jsonl"
+    # U+2028 / NEL inside a JSON string do not end its line (str.splitlines would)
+    assert kind("device.c.out.log", '{"a":"x\u2028y\x85z"}\n'.encode()) == "jsonl"
+    assert kind("device.c.out.log", b'{"a":NaN}') == "text"
+    assert kind("device.c.out.log", b'{"a":1}') == "jsonl"
+    assert kind("device.c.out.log", b'{"a":\n1}') == "json"
+    assert kind("device.c.out.log", b"\x1b[31mred\x1b[0m") == "ansi_text"
+    assert kind("device.c.tracing.jsonl", b"not json") == "tracing_jsonl"
+    assert kind("events.jsonl", b"") == "lab_events"
 
 
 def test_links_are_not_listed_as_logs(srv) -> None:

@@ -20,44 +20,94 @@ def node_of(filename: str) -> str:
     return "_run"
 
 
-def _is_json(text: str) -> bool:
+# Rust's char::is_whitespace (what str::trim strips); Python's strip() also takes \x1c-\x1f.
+_RUST_WS = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def _lines(text: str) -> list[str]:
+    """Rust's str::lines: split at \\n only (str.splitlines also splits at \\x1e, \\x85,
+    \\u2028..., which may stand raw inside a JSON line), one trailing \\r dropped."""
+    parts = text.split("\n")
+    if parts and parts[-1] == "":
+        parts.pop()
+    return [p[:-1] if p.endswith("\r") else p for p in parts]
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # serde_json refuses NaN/Infinity too
+
+
+def _json(text: str) -> tuple[bool, Any]:
     try:
-        json.loads(text)
+        return True, json.loads(text, parse_constant=_no_constant)
     except ValueError:
+        return False, None
+
+
+def _looks_like_qlog_json_seq(text: str) -> bool:
+    """The first line is a qlog JSON-SEQ header (so `.sqlog` and other names count too)."""
+    lines = _lines(text)
+    first = lines[0].strip(_RUST_WS).lstrip("\x1e") if lines else ""
+    ok, v = _json(first) if first else (False, None)
+    if not ok or not isinstance(v, dict):
         return False
-    return True
+    schema, fmt = v.get("file_schema"), v.get("serialization_format")
+    return (
+        isinstance(schema, str)
+        and "qlog:file" in schema
+        and isinstance(fmt, str)
+        and fmt.lower() == "json-seq"
+    )
 
 
-def _json_lines(text: str) -> list[Any] | None:
-    values = []
-    for line in text.splitlines():
-        line = line.strip().lstrip("\x1e")
+def _looks_like_tracing_jsonl(text: str) -> bool:
+    """Among the first 5 lines, a tracing-subscriber JSON object before any non-object line."""
+    for line in _lines(text)[:5]:
+        line = line.strip(_RUST_WS)
         if not line:
             continue
-        try:
-            values.append(json.loads(line))
-        except ValueError:
-            return None
-    return values or None
+        ok, v = _json(line)
+        if not ok or not isinstance(v, dict):
+            return False
+        if {"timestamp", "level", "target"} <= v.keys():
+            return True
+    return False
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    saw = False
+    for line in _lines(text):
+        line = line.strip(_RUST_WS).lstrip("\x1e")
+        if not line:
+            continue
+        if not _json(line)[0]:
+            return False
+        saw = True
+    return saw
+
+
+def _looks_like_json(text: str) -> bool:
+    t = text.strip(_RUST_WS)
+    return t[:1] in ("{", "[") and _json(t)[0]
 
 
 def kind_of(filename: str, sample: bytes) -> str:
+    """patchbay-server's detect_log_kind, test for test and in its order."""
     if filename == "events.jsonl":
         return "lab_events"
     if filename.endswith(".tracing.jsonl"):
         return "tracing_jsonl"
     text = sample.decode("utf-8", errors="replace").lstrip("\ufeff")
-    if filename.endswith(".qlog") or ".qlog-" in filename:
+    if filename.endswith(".qlog") or ".qlog-" in filename or _looks_like_qlog_json_seq(text):
         return "qlog"
-    lines = _json_lines("\n".join(text.splitlines()[:5]))
-    if lines and any(
-        isinstance(v, dict) and {"timestamp", "level", "target"} <= v.keys() for v in lines
-    ):
+    if _looks_like_tracing_jsonl(text):
         return "tracing_jsonl"
-    if filename.endswith(".jsonl") or _json_lines(text):
+    if filename.endswith(".jsonl") or _looks_like_jsonl(text):
         return "jsonl"
-    stripped = text.strip()
-    if filename.endswith(".json") or (stripped[:1] in "{[" and stripped and _is_json(stripped)):
+    if filename.endswith(".json") or _looks_like_json(text):
         return "json"
     if "\x1b[" in text:
         return "ansi_text"
