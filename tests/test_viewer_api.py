@@ -164,7 +164,7 @@ def test_log_tail_from_a_byte_offset(srv, work: Path) -> None:
 def test_files_route(srv) -> None:
     status, ctype, body = get(srv, run_url(IPERF, "files/results.json"))
     assert status == 200 and ctype == "application/json"
-    assert json.loads(body)["steps"][0]["down_bytes"] == 262144000
+    assert json.loads(body)["steps"][0]["down_bytes"] == "262144000"
     status, _, body = get(srv, run_url(BROKEN, "files/sim.json"))
     assert json.loads(body)["error"]["step"]["id"] == "ping-check"
     assert get(srv, run_url(IPERF, "files/nope.json"))[0] == 404

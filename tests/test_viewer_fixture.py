@@ -29,7 +29,7 @@ def _router(
     return {
         "ns": ns,
         "region": None,
-        "nat": nat,
+        "nat": nat or "none",  # as the runners write it (the reference ui needs a string)
         "upstream": None,
         "uplink_ip": uplink,
         "downstream_cidr": cidr,
@@ -150,9 +150,9 @@ def write_sim(inv_dir: Path, sim: str, kind: str, stamp: str, partial_event: boo
     elif kind == "iperf":
         step = {
             "id": "iperf-client",
-            "duration": 2.000135,
+            "duration": "2.000135",  # captures: strings, as the Rust runner writes them
             "up_bytes": None,
-            "down_bytes": 262144000,
+            "down_bytes": "262144000",
             "latency_ms": None,
         }
         _write(

@@ -134,7 +134,7 @@ def test_report_is_one_file_with_the_data_inlined(tmp_path: Path) -> None:
     start = text.index("window.PATCHBAY_REPORT = ") + len("window.PATCHBAY_REPORT = ")
     data = json.loads(text[start : text.index(";</script>", start)])
     assert [r["label"] for r in data["runs"]] == ["ping-e2e", "iperf-e2e"]
-    assert data["combined"][INV_OK]["runs"][1]["steps"][0]["down_bytes"] == 262144000
+    assert data["combined"][INV_OK]["runs"][1]["steps"][0]["down_bytes"] == "262144000"
     ping = data["runData"][f"{INV_OK}/ping-e2e"]
     assert ping["state"]["routers"]["home"]["nat"] == "home"
     assert "device.sender.leak.stdout.log" not in ping["logText"]  # a link out: left out
