@@ -6,9 +6,12 @@ only checks; on the official cloud image the first run installs the packages.
 
 from __future__ import annotations
 
-# python3 (3.11+) runs the builtin runner; openssl makes its gen-certs step's certificates.
-PACKAGES = "iproute2 nftables iptables iperf3 iputils-ping bridge-utils jq curl python3 openssl"
-COMMANDS = "ip nft iptables iperf3 ping brctl jq curl python3 openssl"
+# python3 (3.11+) runs the builtin runner; openssl makes its gen-certs step's certificates;
+# rsync, so that `rsync -e "ssh -F <vm.ssh-config>"` works.
+PACKAGES = (
+    "iproute2 nftables iptables iperf3 iputils-ping bridge-utils jq curl python3 openssl rsync"
+)
+COMMANDS = "ip nft iptables iperf3 ping brctl jq curl python3 openssl rsync"
 
 SCRIPT = f"""\
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
