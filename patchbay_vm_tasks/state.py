@@ -32,6 +32,12 @@ class StateDir:
     lockfile = property(lambda self: self.root / ".lock")
     # The SSH port of the last session, kept across `down` so the next `up` can reuse it.
     last_port = property(lambda self: self.root / "ssh-port")
+    # The UEFI variables of this VM: its own writable copy of the firmware's template.
+    efi_vars = property(lambda self: self.root / "efi-vars.fd")
+    # The guest's state saved by `vm.down` (memory and devices) and what it was saved
+    # with; the next `vm.up` resumes from it instead of booting.
+    saved_state = property(lambda self: self.root / "saved-state")
+    saved_meta = property(lambda self: self.root / "saved-state.json")
 
     def read_last_port(self) -> int | None:
         try:
