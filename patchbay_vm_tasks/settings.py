@@ -6,6 +6,7 @@ Invoke's config files, `QEMU_VM_*` environment variables, task flags.
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import platform
@@ -23,7 +24,20 @@ from .errors import UsageError
 
 DEBIAN_IMAGE_DIR = "https://cloud.debian.org/images/cloud/trixie/latest"
 ACCELS = ("auto", "kvm", "hvf", "tcg")
-FS_MODES = ("auto", "virtiofs", "9p")
+
+
+class FsMode(enum.StrEnum):
+    """`QEMU_VM_FS`: how the guest sees /app, /target and /work."""
+
+    AUTO = "auto"  # virtiofs when a usable virtiofsd is found, else 9p
+    VIRTIOFS = "virtiofs"
+    NINEP = "9p"
+    # No shared folders (QEMU for Windows has neither 9p nor vhost-user): guest-local
+    # folders, filled by copying over the task's SSH connection (sync.py).
+    NONE = "none"
+
+
+FS_MODES = tuple(mode.value for mode in FsMode)
 
 
 def host_arch(machine: str | None = None) -> str:

@@ -1,4 +1,5 @@
-"""Host folders shared into the guest: virtiofs (one virtiofsd per share) or 9p."""
+"""Host folders shared into the guest: virtiofs (one virtiofsd per share) or 9p; or, with
+`QEMU_VM_FS=none`, not shared at all: guest-local folders that sync.py fills by copying."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from .errors import VmUnavailable
 from .qemu import Share
+from .ui import say
 
 VIRTIOFSD_PLACES = (
     "/usr/libexec/virtiofsd",
@@ -24,6 +26,10 @@ TAGS = {"/app": "app", "/target": "target", "/work": "work"}
 # Marks our lines in the guest's /etc/fstab (an x- option mount ignores), so they are
 # replaced, never duplicated.
 FSTAB_MARK = "x-patchbay-vm"
+NO_SHARES = "none"
+# Made (on the guest's tmpfs /run, so gone after any guest reboot) by the mount script of
+# fs mode none: the guest agent's warm-up check then passes without any mount.
+COPIED_MARK = "/run/patchbay-vm-copied-folders"
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,10 @@ def choose_fs_mode(requested: str, virtiofsd_bin: str | None) -> tuple[str, Virt
     """(fs mode, the virtiofsd to use, why) for the `QEMU_VM_FS` request."""
     if requested == "9p":
         return "9p", None, "QEMU_VM_FS=9p"
+    if requested == NO_SHARES:
+        why = "QEMU_VM_FS=none: no shared folders; tasks copy files to the guest and back (SFTP)"
+        say(f"files are copied to and from the guest, not shared ({why.split(': ', 1)[1]})")
+        return NO_SHARES, None, why
     path = find_virtiofsd(virtiofsd_bin)
     daemon = detect_flavour(path) if path else None
     why = ""
@@ -142,6 +152,8 @@ def start_virtiofsd(
 
 
 def make_shares(mounts: list[tuple[str, Path, str]], fs_mode: str, state_dir: Path) -> list[Share]:
+    if fs_mode == NO_SHARES:
+        return []
     return [
         Share(
             tag=TAGS[guest],
@@ -174,6 +186,8 @@ def mount_script(mounts: list[tuple[str, Path, str]], fs_mode: str, user: str) -
     The mounts also go into /etc/fstab (`nofail`), so the guest keeps them by itself
     across its own reboots, and a warm `up` need not open SSH to make them.
     """
+    if fs_mode == NO_SHARES:
+        return copied_folders_script(mounts, user)
     lines = ["modprobe -q 9p 9pnet_virtio 2>/dev/null || true"] if fs_mode == "9p" else []
     fstab = []
     for guest, _host, access in mounts:
@@ -193,7 +207,31 @@ def mount_script(mounts: list[tuple[str, Path, str]], fs_mode: str, user: str) -
     return "\n".join(lines)
 
 
+def _drop_fstab_lines() -> str:
+    return (
+        f"grep -v {FSTAB_MARK} /etc/fstab > /etc/fstab.patchbay || true; "
+        "mv /etc/fstab.patchbay /etc/fstab"
+    )
+
+
+def copied_folders_script(mounts: list[tuple[str, Path, str]], user: str) -> str:
+    """fs mode none: /app, /target and /work are plain guest folders owned by the guest
+    user (sync.py copies into them as that user over SFTP); idempotent.
+
+    Our fstab lines of an earlier boot with shares go (their devices are absent now), and
+    COPIED_MARK tells the warm-up check that this boot has no mounts to look for.
+    """
+    u = shlex.quote(user)
+    lines = [_drop_fstab_lines()]
+    for guest, _host, _access in mounts:
+        g = shlex.quote(guest)
+        lines.append(f"mkdir -p {g}; chown {u}: {g}")
+    lines.append(f"touch {COPIED_MARK}")
+    return "\n".join(lines)
+
+
 def mounted_check_argv(mounts: list[tuple[str, Path, str]]) -> list[str]:
-    """A guest command that exits 0 when every share is mounted (run by the guest agent)."""
+    """A guest command that exits 0 when every share is mounted (run by the guest agent),
+    or, on a guest booted without shares (fs mode none), when its folders were made."""
     test = " && ".join(f"mountpoint -q {shlex.quote(guest)}" for guest, _h, _a in mounts)
-    return ["/bin/sh", "-c", test]
+    return ["/bin/sh", "-c", f"test -e {COPIED_MARK} || {{ {test}; }}"]

@@ -158,5 +158,55 @@ def test_mount_script_keeps_the_mounts_in_the_guests_fstab() -> None:
     assert shares.mounted_check_argv(mounts) == [
         "/bin/sh",
         "-c",
-        "mountpoint -q /app && mountpoint -q /work",
+        "test -e /run/patchbay-vm-copied-folders || { mountpoint -q /app && mountpoint -q /work; }",
     ]
+
+
+# --- fs mode none: no shares, guest-local folders ---------------------------------
+
+NONE_MOUNTS = [
+    ("/app", Path("/p"), "ro"),
+    ("/target", Path("/p/t"), "ro"),
+    ("/work", Path("/w"), "rw"),
+]
+
+
+def test_fs_mode_none_is_chosen_without_looking_for_a_virtiofsd(capsys) -> None:
+    mode, daemon, why = shares.choose_fs_mode("none", "/nonexistent/virtiofsd")
+    assert (mode, daemon) == ("none", None)
+    assert "QEMU_VM_FS=none" in why
+    assert "copied to and from the guest, not shared" in capsys.readouterr().err
+
+
+def test_fs_mode_none_has_no_shares_in_the_qemu_argv(tmp_path) -> None:
+    assert shares.make_shares(NONE_MOUNTS, "none", tmp_path) == []
+
+
+def test_fs_mode_none_script_makes_the_folders_for_the_guest_user() -> None:
+    script = shares.mount_script(NONE_MOUNTS, "none", "dev")
+    subprocess.run(["sh", "-n", "-c", script], check=True)
+    assert "mount " not in script and "modprobe" not in script
+    for guest in ("/app", "/target", "/work"):
+        assert f"mkdir -p {guest}; chown dev: {guest}" in script
+    # Share lines of an earlier boot are dropped from fstab, none are added.
+    assert "grep -v x-patchbay-vm /etc/fstab" in script and "nofail" not in script
+    assert f"touch {shares.COPIED_MARK}" in script
+
+
+def test_fs_mode_none_warm_check_passes_on_the_mark(tmp_path) -> None:
+    # The check is shell: run it here with the mark's path pointed into tmp_path.
+    argv = shares.mounted_check_argv([("/nonexistent-x", Path("/w"), "rw")])
+    mark = tmp_path / "mark"
+    script = argv[2].replace(shares.COPIED_MARK, str(mark))
+    assert subprocess.run(["sh", "-c", script]).returncode != 0
+    mark.touch()
+    assert subprocess.run(["sh", "-c", script]).returncode == 0
+
+
+def test_fs_mode_setting_accepts_none() -> None:
+    from patchbay_vm_tasks import settings
+
+    assert settings.FsMode("none") is settings.FsMode.NONE
+    assert settings.FS_MODES == ("auto", "virtiofs", "9p", "none")
+    s = settings.resolve(env={"QEMU_VM_FS": "none"}, project_dir=Path("/tmp"))
+    assert s.fs_mode == "none"
