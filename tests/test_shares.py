@@ -186,8 +186,8 @@ def test_fs_mode_none_script_makes_the_folders_for_the_guest_user() -> None:
     script = shares.mount_script(NONE_MOUNTS, "none", "dev")
     subprocess.run(["sh", "-n", "-c", script], check=True)
     assert "mount " not in script and "modprobe" not in script
-    for guest in ("/app", "/target", "/work"):
-        assert f"mkdir -p {guest}; chown dev: {guest}" in script
+    for folder in ("/app", "/target", "/work"):
+        assert f"mkdir -p {folder}; chown dev: {folder}" in script
     # Share lines of an earlier boot are dropped from fstab, none are added.
     assert "grep -v x-patchbay-vm /etc/fstab" in script and "nofail" not in script
     assert f"touch {shares.COPIED_MARK}" in script
