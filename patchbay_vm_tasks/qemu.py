@@ -327,15 +327,18 @@ def terminate(pid: int, marker: str, grace: float = 5.0) -> None:
 # --- QMP -------------------------------------------------------------------------
 
 
-def qmp(socket_path: Path, command: str, timeout: float = 5.0) -> dict:
+def qmp(
+    socket_path: Path, command: str, timeout: float = 5.0, arguments: dict | None = None
+) -> dict:
     """Run one QMP command; returns its response."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(socket_path))
         f = s.makefile("rwb")
         json.loads(f.readline())  # greeting
-        for cmd in ("qmp_capabilities", command):
-            f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+        for cmd, args in (("qmp_capabilities", None), (command, arguments)):
+            msg: dict = {"execute": cmd, **({"arguments": args} if args else {})}
+            f.write(json.dumps(msg).encode() + b"\n")
             f.flush()
             while True:  # skip asynchronous events
                 msg = json.loads(f.readline())
