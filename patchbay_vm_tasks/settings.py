@@ -23,7 +23,14 @@ import platformdirs
 from .errors import UsageError
 
 DEBIAN_IMAGE_DIR = "https://cloud.debian.org/images/cloud/trixie/latest"
-ACCELS = ("auto", "kvm", "hvf", "tcg")
+ACCELS = ("auto", "kvm", "hvf", "whpx", "tcg")
+ARCHS = ("amd64", "arm64")
+# Other spellings of the same arch (the kernel's, Rust's), normalised to Debian's.
+ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
+# QEMU_VM_FIRMWARE: `auto` is UEFI on arm64 and SeaBIOS on amd64 for an image that boots
+# itself; `uefi` asks for UEFI on amd64 too (OVMF); `bios` SeaBIOS (amd64 only); any
+# other value is the path of a UEFI code image, used instead of the one found.
+FIRMWARE_CHOICES = ("auto", "uefi", "bios")
 
 
 class FsMode(enum.StrEnum):
@@ -79,6 +86,7 @@ class VmSettings:
     boot_timeout: float
     keep_runs: int
     arch: str
+    firmware: str = "auto"  # auto | uefi | bios | a path to UEFI code firmware
     patchbay_version: str = "latest"  # the runner sim.run uses (--patchbay-version)
 
     @property
@@ -107,6 +115,7 @@ class VmSettings:
             "image_url": self.image_url,
             "qemu_bin": self.qemu_bin,
             "accel": self.accel,
+            "firmware": self.firmware,
             "fs_mode": self.fs_mode,
             "project_dir": str(self.project_dir),
             "work_dir": str(self.work_dir),
@@ -137,7 +146,11 @@ _SOURCES: dict[str, tuple[str, type]] = {
     "boot_timeout": ("QEMU_VM_BOOT_TIMEOUT", float),
     "keep_runs": ("QEMU_VM_KEEP_RUNS", int),
     "patchbay_version": ("PATCHBAY_VERSION", str),
+    "arch": ("QEMU_VM_ARCH", str),
+    "firmware": ("QEMU_VM_FIRMWARE", str),
 }
+# Defaults that follow the chosen arch when not set (see resolve).
+_ARCH_DEPENDENT = ("image_url", "qemu_bin")
 # Numbers that may be 0 (keep_runs 0: keep every run); the others must be positive.
 _ZERO_ALLOWED = {"keep_runs"}
 
@@ -162,6 +175,8 @@ def _defaults(arch: str) -> dict[str, Any]:
         "boot_timeout": 600.0,
         "keep_runs": 20,
         "patchbay_version": "latest",
+        "arch": arch,
+        "firmware": "auto",
     }
 
 
@@ -194,13 +209,14 @@ def resolve(
     """Merge the four layers into one `VmSettings`. Raises UsageError on bad values."""
     env = os.environ if env is None else env
     project = Path(project_dir or Path.cwd()).resolve()
-    arch = host_arch()
+    env_layer = {key: env.get(var) for key, (var, _kind) in _SOURCES.items() if env.get(var)}
+    config = _without_registered_arch_defaults(config or {})
+    arch = _chosen_arch(config, env_layer, flags or {})
     defaults = _defaults(arch)
     values = dict(defaults)
     port_explicit = False
-    env_layer = {key: env.get(var) for key, (var, _kind) in _SOURCES.items() if env.get(var)}
     layers = (
-        (config or {}, lambda key: f"invoke config vm.{key}"),
+        (config, lambda key: f"invoke config vm.{key}"),
         (env_layer, lambda key: _SOURCES[key][0]),
         (flags or {}, lambda key: f"--{key.replace('_', '-')}"),
     )
@@ -217,6 +233,15 @@ def resolve(
                 if key == "ssh_port" and not (from_config and values[key] == defaults[key]):
                     port_explicit = True
 
+    values["arch"] = arch
+    if values["firmware"] not in FIRMWARE_CHOICES:
+        # A path: relative ones are from the project dir, like the other paths.
+        values["firmware"] = str((project / Path(values["firmware"]).expanduser()).resolve())
+    if values["firmware"] == "bios" and arch == "arm64":
+        raise UsageError(
+            "QEMU_VM_FIRMWARE: 'bios' (SeaBIOS) is x86 only; arm64 guests boot through "
+            "UEFI or their own kernel (auto, uefi, or the path of a UEFI code image)"
+        )
     if values["accel"] not in ACCELS:
         raise UsageError(f"QEMU_VM_ACCEL: {values['accel']!r} is not one of {', '.join(ACCELS)}")
     if values["fs_mode"] not in FS_MODES:
@@ -247,8 +272,43 @@ def resolve(
         work_dir=work,
         target_dir=target,
         image_cache_dir=cache,
-        arch=arch,
     )
+
+
+def normalize_arch(value: str) -> str:
+    """Debian's spelling of a guest arch; UsageError naming QEMU_VM_ARCH when unknown."""
+    arch = ARCH_ALIASES.get(value.strip().lower(), value.strip().lower())
+    if arch not in ARCHS:
+        allowed = ", ".join([*ARCHS, *ARCH_ALIASES])
+        raise UsageError(f"QEMU_VM_ARCH: {value!r} is not one of {allowed}")
+    return arch
+
+
+def _chosen_arch(*layers: Mapping[str, Any]) -> str:
+    """The guest arch the layers ask for (the last one that sets it), else the host's.
+
+    Resolved before the other settings, since the defaults of image_url and qemu_bin
+    follow it."""
+    arch = host_arch()
+    for layer in layers:
+        if layer.get("arch") is not None:
+            arch = normalize_arch(str(layer["arch"]))
+    return arch
+
+
+def _without_registered_arch_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config layer without the host-arch defaults Invoke holds for us.
+
+    `config_defaults` registers every key with Invoke, so the `vm:` section always
+    carries the host arch's image_url and qemu_bin; kept, they would beat the defaults
+    of an arch chosen with QEMU_VM_ARCH. A value equal to the registered default is
+    taken as not set, as the registered ssh_port is."""
+    registered = _defaults(host_arch())
+    return {
+        key: value
+        for key, value in config.items()
+        if not (key in (*_ARCH_DEPENDENT, "arch") and value == registered[key])
+    }
 
 
 def cargo_target_dir(project: Path) -> Path:

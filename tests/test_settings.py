@@ -88,7 +88,7 @@ def test_target_dir_from_cargo_metadata(tmp_path) -> None:
         ({"QEMU_VM_MEM_MB": "lots"}, "QEMU_VM_MEM_MB: 'lots' is not a valid int"),
         ({"QEMU_VM_CPUS": "0"}, "QEMU_VM_CPUS: must be greater than zero"),
         ({"QEMU_VM_SSH_PORT": "70000"}, "QEMU_VM_SSH_PORT: 70000 is not a TCP port"),
-        ({"QEMU_VM_ACCEL": "xen"}, "QEMU_VM_ACCEL: 'xen' is not one of auto, kvm, hvf, tcg"),
+        ({"QEMU_VM_ACCEL": "xen"}, "QEMU_VM_ACCEL: 'xen' is not one of auto, kvm, hvf, whpx, tcg"),
         ({"QEMU_VM_FS": "nfs"}, "QEMU_VM_FS: 'nfs' is not one of auto, virtiofs, 9p"),
         ({"QEMU_VM_NAME": "../x"}, "QEMU_VM_NAME: '../x' may hold only"),
     ],
