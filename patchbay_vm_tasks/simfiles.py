@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .simcore import reader
+from .simcore import reader, tomlfiles
 from .simcore.model import SimError
 
 GUEST_APP = "/app"
@@ -94,6 +95,25 @@ def refuse_broken(paths: list[Path], binary_names: list[str]) -> None:
             reader.load_sim(path, strict=False, extra_binaries=tuple(binary_names))
         except SimError as err:
             raise UsageError(str(err)) from None
+
+
+def sim_inputs(paths: list[Path], workspace: Path) -> list[Path]:
+    """Every file the sims read: themselves, their `[[extends]]` and `[sim] binaries`
+    files and topology files (as the reader finds them), those inside the workspace.
+    With no shared folders (QEMU_VM_FS=none) these are what /app gets a copy of."""
+    root = workspace.resolve()
+    with tomlfiles.recording_reads() as reads:
+        for path in paths:
+            # A sim the reader refuses still runs (the runner reports it): send the
+            # files read up to that point.
+            with contextlib.suppress(SimError):
+                reader.load_sim(path, strict=False)
+    found = [p.resolve() for p in paths] + reads
+    out: list[Path] = []
+    for path in found:
+        if path.is_relative_to(root) and path.is_file() and path not in out:
+            out.append(path)
+    return out
 
 
 def check_sims(args: list[str]) -> list[Path]:

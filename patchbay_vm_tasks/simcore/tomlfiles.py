@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,27 @@ def show_path(path: Path | str) -> str:
         return str(path)
 
 
+# The files read_toml reads while `recording_reads` is on: what a sim needs in the guest.
+_reads: ContextVar[list[Path] | None] = ContextVar("sim_file_reads", default=None)
+
+
+@contextlib.contextmanager
+def recording_reads() -> Iterator[list[Path]]:
+    """Collect (resolved) every file read_toml reads inside the block."""
+    reads: list[Path] = []
+    token = _reads.set(reads)
+    try:
+        yield reads
+    finally:
+        _reads.reset(token)
+
+
 def read_toml(path: Path | str) -> dict[str, Any]:
     """Parse a TOML file; errors name the file, line and column (`file:L:C: ...`)."""
     path = Path(path)
+    reads = _reads.get()
+    if reads is not None and path.resolve() not in reads:
+        reads.append(path.resolve())
     shown = show_path(path)
     try:
         text = path.read_bytes().decode("utf-8")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
 
-from .. import binaries, lifecycle, runner, settings, simfiles, simrun, workdir
+from .. import binaries, lifecycle, runner, settings, simfiles, simrun, sync, workdir
 from ..errors import UsageError
 from ..simcore.durations import parse_duration
 from ..ui import say
@@ -75,6 +75,7 @@ def run(
         run_id = simrun.new_run_id()
         viewer = view.start_viewer(s.work_dir, bind, True) if open else None
         vm = lifecycle.up(s, recreate=recreate, refresh=refresh)
+        not_home = None
         try:
             argv = simfiles.guest_run_argv(
                 [simfiles.guest_sim_path(p, s.project_dir) for p in sims],
@@ -85,10 +86,20 @@ def run(
                 extra_env=_host_facts(s, vm.record, run_id),
                 builtin=chosen.is_builtin,
             )
+            # No shared folders (QEMU_VM_FS=none): copy in, and the results back out.
+            runs_before = (
+                sync.stage_sim_run(vm.conn, s, sims, binary_args)
+                if sync.copies_files(vm.record)
+                else None
+            )
             say(f"running {len(sims)} sim(s) with the {chosen.label} runner")
             started = time.monotonic()
-            code = simrun.run_interruptible(vm.conn, argv, run_id)
-            took = time.monotonic() - started
+            try:
+                code = simrun.run_interruptible(vm.conn, argv, run_id)
+            finally:
+                took = time.monotonic() - started
+                if runs_before is not None:
+                    not_home = sync.bring_runs_home_after(vm.conn, s, runs_before)
         finally:
             vm.close()
         say(f"runner exited with {code} after {took:.1f} s; results in {s.work_dir}")
@@ -97,6 +108,8 @@ def run(
             say(f"JUnit report: {write_sim_junit(s.work_dir, Path(junit))}")
         for old in workdir.prune_runs(s.work_dir, s.keep_runs):
             say(f"removed old run {old.name} (keeping {s.keep_runs}; vm.keep_runs)")
+        if not_home is not None and not code:
+            raise not_home  # said already; the run itself passed, its results did not come
         if viewer is not None:
             view.serve_until_interrupted(viewer, interrupted=code == simrun.EXIT_INTERRUPTED)
     if code:
@@ -121,6 +134,8 @@ def inspect(
         run_id = simrun.new_run_id()
         vm = lifecycle.up(s)
         try:
+            if sync.copies_files(vm.record):
+                sync.stage_sim_run(vm.conn, s, [sim], [])
             argv = [
                 "env",
                 *[f"{k}={v}" for k, v in _host_facts(s, vm.record, run_id).items()],

@@ -9,7 +9,7 @@ from typing import Any
 
 from invoke import Collection, Context, Exit, Task, task
 
-from .. import cargo, guest, lifecycle, settings, testrun
+from .. import cargo, guest, lifecycle, settings, sync, testrun
 from ..errors import UsageError
 from ..ui import say
 from ..viewer.junit import TestBinaryRun, test_run_junit_xml
@@ -158,6 +158,17 @@ def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=No
         say("cargo built no test binaries; nothing to run")
         return []
     guest_paths = cargo.stage_test_binaries(exes, work_dir)
+    copying = sync.copies_files(vm.record)
+    if copying:  # no shared folders (QEMU_VM_FS=none): copy them in, their output out
+        sync.stage(vm.conn, vm.settings, guest_paths)
+    try:
+        return _run_each(vm, exes, guest_paths, filter, test_args, sudo, no_fail_fast, limit)
+    finally:
+        if copying:
+            sync.bring_tests_home_after(vm.conn, vm.settings, as_root=sudo)
+
+
+def _run_each(vm, exes, guest_paths, filter, test_args, sudo, no_fail_fast, limit) -> list:
     env = testrun.forwarded_env()
     results = []
     for exe, path in zip(exes, guest_paths, strict=True):
