@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -122,8 +123,14 @@ def zipapp_bytes() -> bytes:
 def write_zipapp(dest: Path) -> Path:
     """Write the runner to dest (mode 0755) through a temp file and a rename, so a runner
     already running from dest, or a second sim.run staging at the same time, never sees
-    half a file."""
+    half a file. The same bytes already there are kept as they are (their mtime too), so
+    copying to a guest without shares (QEMU_VM_FS=none) sees nothing new to send."""
     data = zipapp_bytes()
+    try:
+        if dest.read_bytes() == data and os.access(dest, os.X_OK):
+            return dest
+    except OSError:
+        pass
     with executable_beside(dest) as tmp:
         tmp.write_bytes(data)
     return dest
