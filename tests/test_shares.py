@@ -142,10 +142,14 @@ def test_status_text() -> None:
     assert "image:     debian:trixie" in stopped
 
 
-def test_9p_caches_reads_but_never_holds_back_writes_to_work() -> None:
+def test_9p_caches_pages_and_writes_them_back_within_a_second() -> None:
     assert shares.mount_options("9p", "ro")[1].endswith("cache=mmap")
-    assert shares.mount_options("9p", "rw")[1].endswith("cache=readahead")
+    assert shares.mount_options("9p", "rw")[1].endswith("cache=mmap")
     assert shares.mount_options("virtiofs", "rw") == ("virtiofs", "rw")
+    script = shares.mount_script([("/work", Path("/w"), "rw")], "9p", "dev")
+    assert "vm.dirty_writeback_centisecs = 100" in script
+    assert "sysctl -q -p /etc/sysctl.d/60-patchbay-work.conf" in script
+    assert "sysctl" not in shares.mount_script([("/work", Path("/w"), "rw")], "virtiofs", "dev")
 
 
 def test_mount_script_keeps_the_mounts_in_the_guests_fstab() -> None:
