@@ -1,4 +1,8 @@
-"""QEMU: the command line (a pure function), accelerator choice, process identity, QMP."""
+"""QEMU: the command line (a pure function), accelerator choice, process identity, QMP.
+
+The command line differs by host OS (`QemuSpec.host_os`, a `sys.platform` value) and
+guest arch: see `build_argv`.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,14 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
+from .errors import VmUnavailable
+from .firmware import Pflash
 from .images import BaseImage
+
+# A socket QEMU listens on: a unix socket's path, or (host, port) for TCP (Windows).
+Address = Path | tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -39,24 +48,56 @@ class QemuSpec:
     pidfile: Path
     serial_log: Path
     qmp_socket: Path
-    fs_mode: str  # virtiofs | 9p
+    fs_mode: str  # virtiofs | 9p | none
     # The QEMU guest agent's virtio-serial port: a warm `up` asks it whether the guest
     # lives instead of paying an SSH handshake.
     qga_socket: Path | None = None
     shares: tuple[Share, ...] = ()
     base: BaseImage | None = None
     extra: tuple[str, ...] = field(default=())
+    host_os: str = sys.platform  # linux | darwin | win32
+    # UEFI boot: the code image and this VM's variables (None: -kernel, or SeaBIOS).
+    firmware: Pflash | None = None
+    # Windows: QMP and the guest agent on 127.0.0.1 ports instead of unix sockets.
+    qmp_port: int | None = None
+    qga_port: int | None = None
+
+    @property
+    def windows(self) -> bool:
+        return self.host_os == "win32"
+
+    @property
+    def qmp_address(self) -> Address:
+        return ("127.0.0.1", self.qmp_port) if self.windows and self.qmp_port else self.qmp_socket
+
+    @property
+    def qga_address(self) -> Address | None:
+        if self.windows and self.qga_port:
+            return ("127.0.0.1", self.qga_port)
+        return self.qga_socket
+
+    @property
+    def stderr_log(self) -> Path:
+        """Windows: where the detached QEMU's own messages go (no -daemonize to wait on)."""
+        return self.serial_log.with_name("qemu-stderr.log")
 
 
 GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
 
 
-def opt_escape(value: str | Path) -> str:
+def opt_escape(value: str | PurePath) -> str:
     """QEMU option values separate with commas; a literal comma is written twice."""
     return str(value).replace(",", ",,")
 
 
-def cpu_model(accel: str) -> str:
+def cpu_model(accel: str, arch: str = "amd64") -> str:
+    """`host` under KVM and HVF; `max` under TCG (all it can emulate).
+
+    WHPX on x86 has no `host` model (QEMU: "requires KVM or HVF"), and `max` stops with
+    "Unexpected VP exit code 4" on AMD hosts (QEMU issue 1043): QEMU's default model.
+    """
+    if accel == "whpx":
+        return "max" if arch == "arm64" else "qemu64"
     return "max" if accel == "tcg" else "host"
 
 
@@ -76,33 +117,83 @@ def guest_cpus(requested: int, accel: str, explicit: bool, host_cores: int | Non
     return max(1, min(requested, host_cores or os.cpu_count() or 1))
 
 
-def accel_args(accel: str) -> list[str]:
+def accel_args(accel: str, arch: str = "amd64") -> list[str]:
     if accel == "tcg":
         # Multi-threaded TCG: one host thread per vCPU, the difference between
         # one busy core and all of them.
         return ["-accel", "tcg,thread=multi"]
+    if accel == "whpx" and arch == "amd64":
+        # WHPX's in-kernel irqchip loses interrupts on many hosts ("injection failed,
+        # MSI ... lost", QEMU issue 346); on Arm hosts QEMU accepts only the default.
+        return ["-accel", "whpx,kernel-irqchip=off"]
     return ["-accel", accel]
 
 
+def machine_arg(arch: str, accel: str) -> str:
+    """The -machine value: q35 on x86_64, virt on arm64."""
+    if arch != "arm64":
+        return "q35"
+    if accel == "hvf":
+        # highmem (virt's default, written out): guest RAM above 3 GiB needs the high
+        # memory map, and guides for old QEMU on M1 set highmem=off, which caps RAM
+        # below 4 GiB (the default 4096 MB guest would not start). The GIC stays
+        # virt's default, the one HVF runs on every QEMU.
+        return "virt,highmem=on"
+    if accel == "kvm":
+        return "virt,gic-version=host"  # the host's GIC, in the kernel
+    # TCG (and WHPX on Arm): an emulated GICv3, so more than 8 vCPUs work.
+    return "virt,gic-version=max"
+
+
+def _chardev_socket(address: Address, ident: str) -> str:
+    if isinstance(address, tuple):
+        host, port = address
+        return f"socket,id={ident},host={host},port={port},server=on,wait=off"
+    return f"socket,id={ident},path={opt_escape(address)},server=on,wait=off"
+
+
+def qmp_arg(address: Address) -> str:
+    if isinstance(address, tuple):
+        # Windows: TCP on loopback. Any local user could connect to it (unlike a unix
+        # socket in the state dir); QEMU for Windows has unix sockets, Python there has not.
+        host, port = address
+        return f"tcp:{host}:{port},server=on,wait=off"
+    return f"unix:{opt_escape(address)},server=on,wait=off"
+
+
 def build_argv(spec: QemuSpec) -> list[str]:
-    """The whole QEMU command line for `spec`, as a list."""
-    machine = "virt" if spec.arch == "arm64" else "q35"
+    """The whole QEMU command line for `spec`, as a list.
+
+    Per host OS: POSIX QEMU daemonises itself and writes its PID file; QEMU for Windows
+    cannot (`-daemonize` is POSIX only), so `start` runs it as a detached process, and
+    its QMP and guest agent sockets are TCP on 127.0.0.1 (Python on Windows has no
+    AF_UNIX to talk to a unix socket). macOS has no memfd, so no virtiofs there;
+    Windows QEMU has neither 9p nor virtiofs: fs mode `none` only. Raises ValueError
+    for a spec the host's QEMU cannot run.
+    """
+    if spec.windows and spec.fs_mode != "none":
+        raise ValueError(f"QEMU for Windows has no {spec.fs_mode}: use fs mode none")
+    if spec.host_os == "darwin" and spec.fs_mode == "virtiofs":
+        raise ValueError("QEMU on macOS has no virtiofs (no memfd): use 9p")
+    if spec.windows and not (spec.qmp_port and (spec.qga_port or not spec.qga_socket)):
+        raise ValueError("on Windows, QMP and the guest agent need TCP ports (qmp_port, qga_port)")
     argv = [
         spec.qemu_bin,
         "-name",
         f"{opt_escape(spec.name)},process=qemu-{opt_escape(spec.name)}",
         "-machine",
-        machine,
-        *accel_args(spec.accel),
+        machine_arg(spec.arch, spec.accel),
+        *accel_args(spec.accel, spec.arch),
         "-cpu",
-        cpu_model(spec.accel),
+        cpu_model(spec.accel, spec.arch),
         "-smp",
         str(spec.cpus),
         "-m",
         f"{spec.mem_mb}M",
-        "-daemonize",
-        "-pidfile",
-        str(spec.pidfile),
+    ]
+    if not spec.windows:
+        argv += ["-daemonize", "-pidfile", str(spec.pidfile)]
+    argv += [
         "-display",
         "none",
         # No VGA (the guest's fbcon drew the boot log on it under TCG), parallel port,
@@ -112,8 +203,18 @@ def build_argv(spec: QemuSpec) -> list[str]:
         "none",
         "-serial",
         f"file:{spec.serial_log}",
-        "-qmp",
-        f"unix:{opt_escape(spec.qmp_socket)},server=on,wait=off",
+    ]
+    argv += ["-qmp", qmp_arg(spec.qmp_address)]
+    if spec.firmware:
+        # UEFI from two flash units: the shared code read-only, this VM's variables.
+        argv += [
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={opt_escape(spec.firmware.code)}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={opt_escape(spec.firmware.vars)}",
+        ]
+    # virtio-*-pci on both machines: q35 and arm64 virt (PCIe, no ISA bus) have PCI.
+    argv += [
         "-drive",
         f"file={opt_escape(spec.disk)},if=none,id=disk0,format=qcow2,discard=unmap",
         "-device",
@@ -129,10 +230,11 @@ def build_argv(spec: QemuSpec) -> list[str]:
         "-device",
         "virtio-rng-pci",
     ]
-    if spec.qga_socket:
+    qga = spec.qga_address
+    if qga:
         argv += [
             "-chardev",
-            f"socket,id=qga0,path={opt_escape(spec.qga_socket)},server=on,wait=off",
+            _chardev_socket(qga, "qga0"),
             "-device",
             "virtio-serial-pci,id=vserial0",
             "-device",
@@ -142,7 +244,9 @@ def build_argv(spec: QemuSpec) -> list[str]:
         argv += ["-kernel", str(spec.base.kernel), "-append", spec.base.cmdline]
         if spec.base.initrd:
             argv += ["-initrd", str(spec.base.initrd)]
-    if spec.fs_mode == "virtiofs":
+    if spec.fs_mode == "none":
+        pass  # no shared folders: files are copied over SSH
+    elif spec.fs_mode == "virtiofs":
         # vhost-user needs guest RAM that virtiofsd can map: a shared memfd backend.
         argv += [
             "-object",
@@ -176,15 +280,58 @@ def build_argv(spec: QemuSpec) -> list[str]:
 # --- accelerator -----------------------------------------------------------------
 
 
-def candidate_accels(requested: str, system: str | None = None) -> list[str]:
-    """Accelerators to try, best first."""
+def parse_accel_help(text: str) -> set[str]:
+    """The accelerators `qemu-system-* -accel help` lists.
+
+    Its output is a header line ("Accelerators supported in QEMU binary:") and one
+    name per line: tcg, kvm on Linux; tcg, hvf on macOS; tcg, whpx on Windows.
+    """
+    names = set()
+    for line in text.splitlines():
+        word = line.strip()
+        if word and not word.endswith(":") and word.replace("-", "").isalnum() and " " not in word:
+            names.add(word.lower())
+    return names
+
+
+def qemu_accels(qemu_bin: str, timeout: float = 10.0) -> set[str] | None:
+    """What this QEMU binary was built with (`-accel help`); None when it cannot say."""
+    try:
+        out = subprocess.run(
+            [qemu_bin, "-accel", "help"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    names = parse_accel_help(out.stdout) if out.returncode == 0 else set()
+    return names or None
+
+
+def candidate_accels(
+    requested: str, system: str | None = None, available: set[str] | None = None
+) -> list[str]:
+    """Accelerators to try, best first.
+
+    `available`: what `-accel help` listed (None: unknown). KVM also needs /dev/kvm;
+    HVF is tried on macOS unless QEMU says it lacks it; WHPX (Windows) only when QEMU
+    lists it, since it also needs the Windows Hypervisor Platform feature turned on.
+    """
     system = system or sys.platform
+
+    def listed(name: str, unknown: bool) -> bool:
+        return unknown if available is None else name in available
+
     if requested != "auto":
         return [requested]
-    if system.startswith("linux") and os.path.exists("/dev/kvm"):
+    if system.startswith("linux") and os.path.exists("/dev/kvm") and listed("kvm", True):
         return ["kvm", "tcg"]
-    if system == "darwin":
+    if system == "darwin" and listed("hvf", True):
         return ["hvf", "tcg"]
+    if system == "win32" and listed("whpx", False):
+        return ["whpx", "tcg"]
     return ["tcg"]
 
 
@@ -200,7 +347,8 @@ def probe_accel(qemu_bin: str, accel: str, arch: str, timeout: float = 10.0) -> 
         return None
     if arch == "arm64":
         # No ISA debug console on `virt`: check that QEMU accepts the accelerator.
-        argv = [qemu_bin, "-machine", "virt", "-accel", accel, "-cpu", "host", "-display", "none"]
+        argv = [qemu_bin, "-machine", machine_arg(arch, accel), *accel_args(accel, arch)]
+        argv += ["-cpu", cpu_model(accel, arch), "-display", "none"]
         argv += ["-nodefaults", "-S", "-monitor", "none"]
         return _run_probe(argv, None, timeout)
     with tempfile.TemporaryDirectory(prefix="patchbay-accel-") as tmp:
@@ -209,9 +357,9 @@ def probe_accel(qemu_bin: str, accel: str, arch: str, timeout: float = 10.0) -> 
             qemu_bin,
             "-machine",
             "q35",
-            *accel_args(accel),
+            *accel_args(accel, arch),
             "-cpu",
-            cpu_model(accel),
+            cpu_model(accel, arch),
             "-m",
             "64M",
             "-nodefaults",
@@ -256,7 +404,8 @@ def _run_probe(argv: list[str], log: Path | None, timeout: float) -> str | None:
 def choose_accel(qemu_bin: str, requested: str, arch: str) -> tuple[str, list[str]]:
     """The accelerator to boot with, and notes on the ones that were passed over."""
     notes = []
-    candidates = candidate_accels(requested)
+    available = qemu_accels(qemu_bin) if requested == "auto" else None
+    candidates = candidate_accels(requested, available=available)
     for accel in candidates:
         why_not = probe_accel(qemu_bin, accel, arch)
         if why_not is None:
@@ -267,6 +416,99 @@ def choose_accel(qemu_bin: str, requested: str, arch: str) -> tuple[str, list[st
             ]
         notes.append(f"{accel} is present but cannot boot a guest here ({why_not}); falling back")
     return "tcg", notes
+
+
+# --- starting ----------------------------------------------------------------------
+
+# Windows creation flags (absent from `subprocess` elsewhere): no console, and not in
+# the caller's process group, so a Ctrl-C in the task's console does not reach QEMU.
+_DETACHED = getattr(subprocess, "DETACHED_PROCESS", 0x00000008) | getattr(
+    subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200
+)
+# Windows: how long QEMU may take to open its QMP port (what -daemonize waits for).
+WINDOWS_START_TIMEOUT = 30.0
+
+
+def start(
+    spec: QemuSpec,
+    run=subprocess.run,
+    popen=subprocess.Popen,
+    connects=None,
+) -> int:
+    """Start QEMU for `spec`, detached from this process; returns its PID.
+
+    POSIX: `-daemonize` returns once QEMU is set up (errors in the argv come back on
+    its stderr), and QEMU writes `-pidfile`. Windows: a detached process, its PID
+    file written here, and its stderr in `spec.stderr_log`; started once its QMP port
+    answers. `run`, `popen`, `connects` are for the tests.
+    """
+    argv = build_argv(spec)
+    spec.pidfile.unlink(missing_ok=True)
+    if not spec.windows:
+        proc = run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise VmUnavailable(
+                f"QEMU failed to start (exit {proc.returncode}): {proc.stderr.strip()}\n"
+                f"command: {' '.join(argv)}"
+            )
+        pid = read_pid(spec.pidfile)
+        if not pid:
+            raise VmUnavailable(f"QEMU started but wrote no PID file {spec.pidfile}")
+        return pid
+    with spec.stderr_log.open("wb") as err:
+        child = popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            creationflags=_DETACHED,
+            close_fds=True,
+        )
+    spec.pidfile.write_text(f"{child.pid}\n")
+    connects = connects or _tcp_answers
+    deadline = time.monotonic() + WINDOWS_START_TIMEOUT
+    while True:
+        code = child.poll()
+        if code is not None:
+            spec.pidfile.unlink(missing_ok=True)
+            message = spec.stderr_log.read_text(errors="replace").strip()
+            raise VmUnavailable(
+                f"QEMU failed to start (exit {code}): {message}\ncommand: {' '.join(argv)}"
+            )
+        if connects(spec.qmp_address):
+            return child.pid
+        if time.monotonic() > deadline:
+            return child.pid  # running; the boot wait that follows judges the guest
+        time.sleep(0.1)
+
+
+def _tcp_answers(address: Address) -> bool:
+    try:
+        with _connect(address, 0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _connect(address: Address, timeout: float) -> socket.socket:
+    """A connected socket to a unix socket path or a (host, port)."""
+    if isinstance(address, tuple):
+        return socket.create_connection(address, timeout=timeout)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(address))
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on now (Windows: QMP's and the guest agent's)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 # --- processes -------------------------------------------------------------------
@@ -288,9 +530,17 @@ def process_cmdline(pid: int) -> list[str] | None:
             return None
         # Empty for a zombie: dead, whatever its PID file says.
         return raw.decode(errors="replace").split("\0")[:-1] or None
-    # macOS has no /proc.
+    if sys.platform == "win32":
+        # No /proc, no ps: ask WMI. One string, since a state dir path may hold spaces.
+        query = f"(Get-CimInstance Win32_Process -Filter 'ProcessId={int(pid)}').CommandLine"
+        argv = ["powershell", "-NoProfile", "-NonInteractive", "-Command", query]
+        out = subprocess.run(argv, capture_output=True, text=True)
+        line = out.stdout.strip()
+        return [line] if out.returncode == 0 and line else None
+    # macOS has no /proc. The whole line too, for a marker path with spaces.
     out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-    return out.stdout.split() if out.returncode == 0 and out.stdout.strip() else None
+    line = out.stdout.strip()
+    return [*line.split(), line] if out.returncode == 0 and line else None
 
 
 def is_ours(pid: int | None, marker: str) -> bool:
@@ -315,7 +565,8 @@ def wait_gone(pid: int, timeout: float) -> bool:
 
 def terminate(pid: int, marker: str, grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL, to a process that is verifiably ours."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    # Windows has no SIGKILL; its SIGTERM is TerminateProcess, which cannot be ignored.
+    for sig in (signal.SIGTERM, getattr(signal, "SIGKILL", signal.SIGTERM)):
         if not is_ours(pid, marker):
             return
         with contextlib.suppress(ProcessLookupError):
@@ -328,12 +579,11 @@ def terminate(pid: int, marker: str, grace: float = 5.0) -> None:
 
 
 def qmp(
-    socket_path: Path, command: str, timeout: float = 5.0, arguments: dict | None = None
+    socket_path: Address, command: str, timeout: float = 5.0, arguments: dict | None = None
 ) -> dict:
-    """Run one QMP command; returns its response."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(str(socket_path))
+    """Run one QMP command; returns its response. `socket_path`: a unix socket, or
+    (host, port) on Windows (QemuSpec.qmp_address)."""
+    with _connect(socket_path, timeout) as s:
         f = s.makefile("rwb")
         json.loads(f.readline())  # greeting
         for cmd, args in (("qmp_capabilities", None), (command, arguments)):
@@ -367,17 +617,16 @@ class GuestAgentError(Exception):
     pass
 
 
-def guest_agent(socket_path: Path, timeout: float = 1.0):
+def guest_agent(socket_path: Address, timeout: float = 1.0):
     """A connected guest agent client (a context manager): `.call(command, **arguments)`."""
     return _GuestAgent(socket_path, timeout)
 
 
 class _GuestAgent:
-    def __init__(self, socket_path: Path, timeout: float) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+    def __init__(self, socket_path: Address, timeout: float) -> None:
+        self.sock: socket.socket | None = None
         try:
-            self.sock.connect(str(socket_path))
+            self.sock = _connect(socket_path, timeout)
             self.file = self.sock.makefile("rwb")
             # Whatever an earlier client left unread is skipped up to our sync id.
             sync_id = int.from_bytes(os.urandom(4), "big")
@@ -423,7 +672,8 @@ class _GuestAgent:
         raise GuestAgentError(f"{argv[0]} did not finish in {timeout:.0f} s")
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
     def __enter__(self):
         return self

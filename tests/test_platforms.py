@@ -5,12 +5,17 @@ Everything here runs from a fake environment: no QEMU is started.
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import socket
+import subprocess
+import threading
+from pathlib import Path, PureWindowsPath
 
 import pytest
 
-from patchbay_vm_tasks import firmware, settings
+from patchbay_vm_tasks import firmware, qemu, settings
 from patchbay_vm_tasks.errors import UsageError, VmUnavailable
+from patchbay_vm_tasks.images import BaseImage
 
 
 def resolve(tmp_path: Path, config=None, env=None, flags=None) -> settings.VmSettings:
@@ -343,3 +348,297 @@ def test_pflash_for_needs_no_firmware_for_kernel_or_seabios_boots(tmp_path) -> N
     assert firmware.pflash_for("amd64", "auto", False, *args) is None
     assert firmware.pflash_for("arm64", "auto", True, *args) is None
     assert not (tmp_path / "efi-vars.fd").exists()
+
+
+# --- the QEMU command line per platform ------------------------------------------
+
+FLASH = firmware.Pflash(code=Path("/fw/code.fd"), vars=Path("/s/efi-vars.fd"))
+KERNEL = BaseImage(Path("/c/d.qcow2"), kernel=Path("/c/vmlinuz"), cmdline="root=/dev/vda")
+SHARES = (qemu.Share("app", Path("/proj"), True), qemu.Share("work", Path("/proj/.w"), False))
+
+
+def qspec(host_os: str, arch: str, accel: str, **changes) -> qemu.QemuSpec:
+    values = dict(
+        qemu_bin="qemu-system-" + ("aarch64" if arch == "arm64" else "x86_64"),
+        name="vm1",
+        arch=arch,
+        accel=accel,
+        mem_mb=4096,
+        cpus=2,
+        disk=Path("/s/disk.qcow2"),
+        seed=Path("/s/seed.iso"),
+        ssh_port=2222,
+        pidfile=Path("/s/qemu.pid"),
+        serial_log=Path("/s/serial.log"),
+        qmp_socket=Path("/s/qmp.sock"),
+        qga_socket=Path("/s/qga.sock"),
+        fs_mode="none" if host_os == "win32" else "9p",
+        shares=() if host_os == "win32" else SHARES,
+        host_os=host_os,
+    )
+    if host_os == "win32":
+        values.update(qmp_port=4444, qga_port=4445)
+    values.update(changes)
+    return qemu.QemuSpec(**values)
+
+
+def after(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def has(argv: list[str], text: str) -> bool:
+    return any(text in a for a in argv)
+
+
+# platform, arch, accel, firmware, fs mode -> machine, accel arg, cpu
+PLATFORMS = [
+    ("linux", "amd64", "kvm", None, "virtiofs", "q35", "kvm", "host"),
+    ("linux", "amd64", "tcg", None, "9p", "q35", "tcg,thread=multi", "max"),
+    ("linux", "amd64", "tcg", FLASH, "9p", "q35", "tcg,thread=multi", "max"),
+    ("linux", "amd64", "kvm", FLASH, "none", "q35", "kvm", "host"),
+    ("linux", "arm64", "tcg", FLASH, "9p", "virt,gic-version=max", "tcg,thread=multi", "max"),
+    ("linux", "arm64", "tcg", None, "virtiofs", "virt,gic-version=max", "tcg,thread=multi", "max"),
+    ("linux", "arm64", "kvm", FLASH, "virtiofs", "virt,gic-version=host", "kvm", "host"),
+    ("darwin", "arm64", "hvf", FLASH, "9p", "virt,highmem=on", "hvf", "host"),
+    ("darwin", "arm64", "hvf", None, "9p", "virt,highmem=on", "hvf", "host"),
+    ("darwin", "arm64", "tcg", FLASH, "9p", "virt,gic-version=max", "tcg,thread=multi", "max"),
+    ("darwin", "amd64", "hvf", None, "9p", "q35", "hvf", "host"),
+    ("darwin", "amd64", "tcg", FLASH, "none", "q35", "tcg,thread=multi", "max"),
+    ("win32", "amd64", "whpx", None, "none", "q35", "whpx,kernel-irqchip=off", "qemu64"),
+    ("win32", "amd64", "tcg", FLASH, "none", "q35", "tcg,thread=multi", "max"),
+    ("win32", "arm64", "whpx", FLASH, "none", "virt,gic-version=max", "whpx", "max"),
+    ("win32", "arm64", "tcg", FLASH, "none", "virt,gic-version=max", "tcg,thread=multi", "max"),
+]
+
+
+@pytest.mark.parametrize(
+    ("host_os", "arch", "accel", "flash", "fs_mode", "machine", "accel_arg", "cpu"), PLATFORMS
+)
+def test_argv_per_platform(host_os, arch, accel, flash, fs_mode, machine, accel_arg, cpu) -> None:
+    changes: dict = {"firmware": flash, "fs_mode": fs_mode}
+    if fs_mode == "virtiofs":
+        changes["shares"] = (qemu.Share("app", Path("/p"), True, socket=Path("/s/fs-app.sock")),)
+    if fs_mode == "none":
+        changes["shares"] = ()
+    argv = qemu.build_argv(qspec(host_os, arch, accel, **changes))
+    assert after(argv, "-machine") == [machine]
+    assert after(argv, "-accel") == [accel_arg]
+    assert after(argv, "-cpu") == [cpu]
+    # virtio over PCI on both machines (arm64 virt has no ISA bus).
+    assert "virtio-blk-pci,drive=disk0" in after(argv, "-device")
+    assert "virtio-net-pci,netdev=net0" in after(argv, "-device")
+    assert not has(argv, "isa-")
+
+    pflash = [d for d in after(argv, "-drive") if d.startswith("if=pflash")]
+    if flash:
+        assert pflash == [
+            "if=pflash,format=raw,unit=0,readonly=on,file=/fw/code.fd",
+            "if=pflash,format=raw,unit=1,file=/s/efi-vars.fd",
+        ]
+    else:
+        assert pflash == []  # SeaBIOS on x86_64, or -kernel
+
+    if host_os == "win32":
+        assert "-daemonize" not in argv and "-pidfile" not in argv
+        assert after(argv, "-qmp") == ["tcp:127.0.0.1:4444,server=on,wait=off"]
+        assert "socket,id=qga0,host=127.0.0.1,port=4445,server=on,wait=off" in after(
+            argv, "-chardev"
+        )
+        assert not has(argv, "unix:") and not has(argv, "path=/s/q")
+    else:
+        assert "-daemonize" in argv and after(argv, "-pidfile") == ["/s/qemu.pid"]
+        assert after(argv, "-qmp") == ["unix:/s/qmp.sock,server=on,wait=off"]
+        assert "socket,id=qga0,path=/s/qga.sock,server=on,wait=off" in after(argv, "-chardev")
+    if host_os == "darwin":
+        assert not has(argv, "memfd") and not has(argv, "vhost-user")
+
+    if fs_mode == "none":
+        assert "-virtfs" not in argv and not has(argv, "vhost-user") and not has(argv, "memfd")
+    elif fs_mode == "9p":
+        assert len(after(argv, "-virtfs")) == 2 and not has(argv, "memfd")
+    else:
+        assert after(argv, "-object") == ["memory-backend-memfd,id=mem,size=4096M,share=on"]
+        assert "-virtfs" not in argv
+
+
+@pytest.mark.parametrize("arch", ["amd64", "arm64"])
+def test_direct_kernel_boot_kept_on_both_arches(arch) -> None:
+    argv = qemu.build_argv(qspec("linux", arch, "tcg", base=KERNEL))
+    assert after(argv, "-kernel") == ["/c/vmlinuz"] and after(argv, "-append") == ["root=/dev/vda"]
+    assert not has(argv, "pflash")
+
+
+@pytest.mark.parametrize(
+    ("host_os", "fs_mode", "message"),
+    [
+        ("win32", "9p", "QEMU for Windows has no 9p"),
+        ("win32", "virtiofs", "QEMU for Windows has no virtiofs"),
+        ("darwin", "virtiofs", "no virtiofs"),
+    ],
+)
+def test_shares_a_host_qemu_cannot_make_are_refused(host_os, fs_mode, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        qemu.build_argv(qspec(host_os, "amd64", "tcg", fs_mode=fs_mode))
+
+
+def test_windows_needs_tcp_ports_for_qmp() -> None:
+    with pytest.raises(ValueError, match="TCP ports"):
+        qemu.build_argv(qspec("win32", "amd64", "tcg", qmp_port=None))
+
+
+def test_windows_drive_letter_paths_survive_escaping() -> None:
+    state = PureWindowsPath(r"C:\Users\a,b\proj\.qemu-vm\vm1")
+    flash = firmware.Pflash(
+        code=PureWindowsPath(r"C:\Program Files\qemu\share\edk2-aarch64-code.fd"),
+        vars=state / "efi-vars.fd",
+    )
+    spec = qspec(
+        "win32", "arm64", "tcg",
+        disk=state / "disk.qcow2", seed=state / "seed.iso", pidfile=state / "qemu.pid",
+        serial_log=state / "serial.log", firmware=flash,
+    )  # fmt: skip
+    argv = qemu.build_argv(spec)
+    drives = after(argv, "-drive")
+    assert r"file=C:\Program Files\qemu\share\edk2-aarch64-code.fd" in drives[0]
+    assert drives[1].endswith(r"file=C:\Users\a,,b\proj\.qemu-vm\vm1\efi-vars.fd")
+    assert drives[2].startswith(r"file=C:\Users\a,,b\proj\.qemu-vm\vm1\disk.qcow2,if=none")
+    assert after(argv, "-serial") == [r"file:C:\Users\a,b\proj\.qemu-vm\vm1\serial.log"]
+    assert qemu.opt_escape(PureWindowsPath(r"D:\x")) == r"D:\x"
+
+
+# --- accelerators ----------------------------------------------------------------
+
+ACCEL_HELP = {
+    "linux": "Accelerators supported in QEMU binary:\ntcg\nkvm\n",
+    "darwin": "Accelerators supported in QEMU binary:\ntcg\nhvf\n",
+    "win32": "Accelerators supported in QEMU binary:\r\ntcg\r\nwhpx\r\n",
+    "win32-no-whpx": "Accelerators supported in QEMU binary:\ntcg\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        (ACCEL_HELP["linux"], {"tcg", "kvm"}),
+        (ACCEL_HELP["darwin"], {"tcg", "hvf"}),
+        (ACCEL_HELP["win32"], {"tcg", "whpx"}),
+        ("", set()),
+    ],
+)
+def test_parse_accel_help(text, names) -> None:
+    assert qemu.parse_accel_help(text) == names
+
+
+def test_qemu_7_2_here_lists_what_we_parse() -> None:
+    # The real output of this machine's QEMU, when it is installed.
+    found = qemu.qemu_accels("qemu-system-x86_64")
+    assert found is None or "tcg" in found
+    assert qemu.qemu_accels("/nonexistent/qemu") is None
+
+
+@pytest.mark.parametrize(
+    ("system", "help_key", "kvm_node", "expected"),
+    [
+        ("linux", "linux", True, ["kvm", "tcg"]),
+        ("linux", "linux", False, ["tcg"]),
+        ("linux", "win32-no-whpx", True, ["tcg"]),  # a QEMU built without KVM
+        ("darwin", "darwin", False, ["hvf", "tcg"]),
+        ("darwin", "win32-no-whpx", False, ["tcg"]),
+        ("win32", "win32", False, ["whpx", "tcg"]),
+        ("win32", "win32-no-whpx", False, ["tcg"]),
+    ],
+)
+def test_candidate_accels_from_accel_help(monkeypatch, system, help_key, kvm_node, expected):
+    monkeypatch.setattr(qemu.os.path, "exists", lambda p: kvm_node and p == "/dev/kvm")
+    available = qemu.parse_accel_help(ACCEL_HELP[help_key])
+    assert qemu.candidate_accels("auto", system, available) == expected
+    assert qemu.candidate_accels("tcg", system, available) == ["tcg"]
+
+
+def test_choose_accel_asks_qemu_only_when_auto(monkeypatch) -> None:
+    asked = []
+    monkeypatch.setattr(qemu, "qemu_accels", lambda b: asked.append(b) or {"tcg"})
+    assert qemu.choose_accel("q", "tcg", "amd64") == ("tcg", [])
+    assert asked == []
+    assert qemu.choose_accel("q", "auto", "amd64") == ("tcg", [])
+    assert asked == ["q"]
+
+
+# --- starting QEMU ---------------------------------------------------------------
+
+
+class FakeChild:
+    def __init__(self, pid: int, exits: int | None = None) -> None:
+        self.pid, self.exits = pid, exits
+
+    def poll(self) -> int | None:
+        return self.exits
+
+
+def test_start_on_windows_is_detached_and_writes_the_pidfile(tmp_path) -> None:
+    calls = []
+
+    def popen(argv, **kwargs):
+        calls.append((argv, kwargs))
+        return FakeChild(4321)
+
+    spec = qspec("win32", "amd64", "tcg", pidfile=tmp_path / "qemu.pid",
+                 serial_log=tmp_path / "serial.log")  # fmt: skip
+    pid = qemu.start(spec, popen=popen, connects=lambda address: address == ("127.0.0.1", 4444))
+    assert pid == 4321
+    assert (tmp_path / "qemu.pid").read_text() == "4321\n"
+    argv, kwargs = calls[0]
+    assert "-daemonize" not in argv
+    flags = kwargs["creationflags"]
+    assert flags & 0x00000008 and flags & 0x00000200  # DETACHED_PROCESS, CREATE_NEW_PROCESS_GROUP
+    assert kwargs["stdin"] is subprocess.DEVNULL
+
+
+def test_start_on_windows_reports_an_early_exit(tmp_path) -> None:
+    def popen(argv, stderr, **kwargs):
+        stderr.write(b"qemu-system-x86_64.exe: -accel whpx: No accelerator found\n")
+        return FakeChild(4321, exits=1)
+
+    spec = qspec("win32", "amd64", "whpx", pidfile=tmp_path / "qemu.pid",
+                 serial_log=tmp_path / "serial.log")  # fmt: skip
+    with pytest.raises(VmUnavailable, match="No accelerator found"):
+        qemu.start(spec, popen=popen, connects=lambda address: False)
+    assert not (tmp_path / "qemu.pid").exists()
+
+
+def test_start_on_posix_daemonises_and_reads_the_pidfile(tmp_path) -> None:
+    pidfile = tmp_path / "qemu.pid"
+
+    def run(argv, **kwargs):
+        assert "-daemonize" in argv
+        pidfile.write_text("999\n")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    assert qemu.start(qspec("linux", "amd64", "tcg", pidfile=pidfile), run=run) == 999
+
+    def fails(argv, **kwargs):
+        return subprocess.CompletedProcess(argv, 1, "", "qemu: could not open disk")
+
+    with pytest.raises(VmUnavailable, match="could not open disk"):
+        qemu.start(qspec("darwin", "arm64", "hvf", pidfile=pidfile), run=fails)
+
+
+def test_qmp_over_tcp(tmp_path) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn, conn.makefile("rwb") as f:
+            f.write(b'{"QMP": {}}\n')
+            f.flush()
+            for line in f:
+                cmd = json.loads(line)["execute"]
+                answer = {"status": "running"} if cmd == "query-status" else {}
+                f.write(json.dumps({"return": answer}).encode() + b"\n")
+                f.flush()
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    answer = qemu.qmp(("127.0.0.1", port), "query-status")
+    assert answer == {"return": {"status": "running"}}

@@ -46,8 +46,11 @@ def after(argv: list[str], flag: str) -> list[str]:
     [
         ("tcg", "amd64", "tcg,thread=multi", "max", "q35"),
         ("kvm", "amd64", "kvm", "host", "q35"),
-        ("hvf", "arm64", "hvf", "host", "virt"),
-        ("tcg", "arm64", "tcg,thread=multi", "max", "virt"),
+        ("hvf", "arm64", "hvf", "host", "virt,highmem=on"),
+        ("tcg", "arm64", "tcg,thread=multi", "max", "virt,gic-version=max"),
+        ("kvm", "arm64", "kvm", "host", "virt,gic-version=host"),
+        ("whpx", "amd64", "whpx,kernel-irqchip=off", "qemu64", "q35"),
+        ("whpx", "arm64", "whpx", "max", "virt,gic-version=max"),
     ],
 )
 def test_accel_cpu_machine(accel, arch, accel_arg, cpu, machine) -> None:
