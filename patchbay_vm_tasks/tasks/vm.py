@@ -8,7 +8,7 @@ import shutil
 
 from invoke import Collection, Context, Exit, task
 
-from .. import guest, lifecycle, settings
+from .. import guest, lifecycle, settings, shares
 from .common import remainder, task_errors
 
 # `vm.status` exit code when the VM is not running (as LSB's "program is not running").
@@ -30,11 +30,17 @@ def up(c: Context, recreate: bool = False, refresh: bool = False) -> None:
             print(f"VM {vm.record['name']} is running (ssh port {vm.record['ssh_port']})")
 
 
-@task
-def down(c: Context) -> None:
-    """Shut the VM down (ACPI powerdown, then QMP quit) and stop its helper processes."""
+@task(
+    help={
+        "poweroff": "Shut the guest down instead of saving it; the next vm.up boots it "
+        "(a cold boot, as after a kernel update in the guest).",
+    }
+)
+def down(c: Context, poweroff: bool = False) -> None:
+    """Stop the VM: save the guest so the next vm.up resumes it in seconds (9p or no
+    shares), else shut it down (ACPI powerdown, then QMP quit); stop its helpers."""
     with task_errors():
-        print(lifecycle.down(settings.from_context(c)))
+        print(lifecycle.down(settings.from_context(c), poweroff=poweroff))
 
 
 # `json_` because `json` would shadow the module; Invoke spells it --json.
@@ -44,7 +50,10 @@ def status(c: Context, json_: bool = False) -> None:
     Exits 3 when not running."""
     with task_errors():
         info = lifecycle.status(settings.from_context(c))
-    print(json.dumps(info, indent=2) if json_ else lifecycle.format_status(info))
+    text = lifecycle.format_status(info)
+    if info.get("fs_mode") == shares.NO_SHARES:
+        text += "\n  (not shared: tasks copy files into these guest folders and results back)"
+    print(json.dumps(info, indent=2) if json_ else text)
     if not info["running"]:
         raise Exit(code=NOT_RUNNING)
 
