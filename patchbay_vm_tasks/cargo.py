@@ -40,7 +40,8 @@ _ARCH_BY_MACHINE = {
 
 
 def default_target(machine: str | None = None) -> str:
-    """The musl target for the host's architecture, which is also the guest's.
+    """The musl target for a guest architecture (`test.run` passes the guest's,
+    QEMU_VM_ARCH: amd64 or arm64), else the host's.
 
     musl binaries are static, so they run in the guest whatever C library the host has.
     `machine` defaults to `platform.machine()`; an architecture we have no guest image for

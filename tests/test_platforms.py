@@ -5,12 +5,14 @@ Everything here runs from a fake environment: no QEMU is started.
 
 from __future__ import annotations
 
+import importlib
 import json
 import socket
 import subprocess
 import threading
 from pathlib import Path, PureWindowsPath
 
+import invoke
 import pytest
 
 from patchbay_vm_tasks import firmware, qemu, settings
@@ -642,3 +644,40 @@ def test_qmp_over_tcp(tmp_path) -> None:
     threading.Thread(target=serve, daemon=True).start()
     answer = qemu.qmp(("127.0.0.1", port), "query-status")
     assert answer == {"return": {"status": "running"}}
+
+
+# --- test.run's default target ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "target"),
+    [
+        ("arm64", "aarch64-unknown-linux-musl"),
+        ("aarch64", "aarch64-unknown-linux-musl"),
+        ("amd64", "x86_64-unknown-linux-musl"),
+        ("x86_64", "x86_64-unknown-linux-musl"),
+    ],
+)
+def test_test_run_builds_for_the_guest_arch(tmp_path, monkeypatch, arch, target) -> None:
+    test_tasks = importlib.import_module("patchbay_vm_tasks.tasks.test")
+    for var in ("QEMU_VM_ARCH", "QEMU_VM_TARGET_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("QEMU_VM_ARCH", arch)
+    checked = []
+
+    class Stop(Exception):
+        pass
+
+    def check_target(wanted, installed, cwd=None):
+        checked.append(wanted)
+        raise Stop  # before cargo runs or a VM boots
+
+    monkeypatch.setattr(test_tasks.cargo, "check_target", check_target)
+    monkeypatch.setattr(test_tasks.cargo, "installed_targets", lambda cwd=None: set())
+    c = invoke.Context(invoke.Config(overrides={"vm": {"project_dir": str(tmp_path)}}))
+    with pytest.raises(Stop):
+        test_tasks.run(c)
+    assert checked == [target]
+    with pytest.raises(Stop):
+        test_tasks.run(c, target="x86_64-unknown-linux-gnu")  # an explicit one wins
+    assert checked[-1] == "x86_64-unknown-linux-gnu"

@@ -39,7 +39,8 @@ class CargoFlagsTask(Task):
     iterable=["package", "test", "features"],
     help={
         "filter": "Run only tests whose name contains this (passed to each test binary).",
-        "target": "Rust target triple to build for (default the musl one of the host arch).",
+        "target": "Rust target triple to build for (default the musl one of the guest arch, "
+        "QEMU_VM_ARCH).",
         "package": "Package to test (cargo -p). Repeatable.",
         "test": "Integration test target to build (cargo --test). Repeatable.",
         "jobs": "Parallel cargo jobs (cargo -j).",
@@ -75,7 +76,7 @@ def run(
         s = settings.from_context(c)
         limit = parse_timeout(timeout)
         build = cargo.TestBuild(
-            target=target or cargo.default_target(),
+            target=target or cargo.default_target(s.arch),
             packages=tuple(package or ()),
             tests=tuple(test or ()),
             jobs=_positive_int(jobs, "--jobs"),
