@@ -6,8 +6,10 @@ a build are built on the host into the cargo target dir (guest /target) (SPEC 6.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import subprocess
 from collections.abc import Callable, Collection, Mapping
@@ -372,6 +374,20 @@ def _is_tarball(url: str) -> bool:
     return path.endswith((".tar.gz", ".tgz"))
 
 
+def _stage_copy(src: Path, dest: Path) -> None:
+    """copy_executable, keeping src's mtime; skipped when dest already has src's size and
+    mtime, so an unchanged binary is not rewritten (nor copied again to a guest without
+    shared folders, QEMU_VM_FS=none)."""
+    st = src.stat()
+    with contextlib.suppress(OSError):
+        dst = dest.stat()
+        if (dst.st_size, dst.st_mtime_ns) == (st.st_size, st.st_mtime_ns) and os.access(
+            dest, os.X_OK
+        ):
+            return
+    copy_executable(src, dest, keep_times=True)
+
+
 def stage_override(
     spec: BinarySpec,
     work_dir: Path,
@@ -393,7 +409,7 @@ def stage_override(
             raise UsageError(f"{flag}: {src} does not exist; build it first or fix the path")
         if src.is_dir():
             raise UsageError(f"{flag}: {src} is a directory; give the binary file inside it")
-        copy_executable(src, dest)
+        _stage_copy(src, dest)
     elif spec.mode == "fetch":
         if urlsplit(spec.value).scheme not in ("http", "https"):
             raise UsageError(f"{flag}: fetch needs an http:// or https:// URL")
@@ -403,7 +419,7 @@ def stage_override(
         if _is_tarball(spec.value):
             extract_member(cached, None, dest)
         else:
-            copy_executable(cached, dest)
+            _stage_copy(cached, dest)
     elif spec.mode == "build":
         project = _user_path(spec.value, workspace)
         if not project.is_dir():
@@ -418,7 +434,7 @@ def stage_override(
             )
         out_dir = Path(meta.get("target_directory") or project / "target")
         local = BinarySpec(name=spec.name, mode="build", value=str(project))
-        copy_executable(_cargo_build(local, target, project, out_dir, kind, run), dest)
+        _stage_copy(_cargo_build(local, target, project, out_dir, kind, run), dest)
     else:
         raise UsageError(f"{flag}: unknown mode {spec.mode!r}; {_OVERRIDE_HELP}")
     return f"{spec.name}:path:{GUEST_BINARIES}/{spec.name}"

@@ -488,8 +488,34 @@ def stage_sim_run(
         for p in simfiles.sim_inputs(list(sims), settings.project_dir)
     ]
     needed += binary_arg_paths(binary_args)
+    needed += sim_binary_paths(sims, roots_of(settings))
     stage(conn, settings, needed)
     return guest_runs(conn)
+
+
+def sim_binary_paths(sims: Sequence[Path], roots: Mapping[str, Path]) -> list[str]:
+    """Guest paths of the sims' own `path` binaries (`/app/...`, `/work/...`,
+    `target:...`) whose host file exists; the runner resolves those itself."""
+    from .simcore import reader
+    from .simcore.model import SimError
+
+    out = []
+    for sim in sims:
+        try:
+            declared = reader.binaries_of(sim).values()
+        except SimError:
+            continue
+        for b in declared:
+            if b.mode != "path" or not b.path:
+                continue
+            path = "/target/" + b.path[len("target:") :] if b.path.startswith("target:") else b.path
+            try:
+                ((root, (rel,)),) = split_guest_paths([path], roots).items()
+            except TaskError:
+                continue  # not in a folder we copy to
+            if (roots[root] / rel).is_file():
+                out.append(path)
+    return out
 
 
 def bring_runs_home_after(conn: Any, settings: Any, before: set[str]) -> TaskError | None:

@@ -247,3 +247,37 @@ def test_pull_names_the_files_it_could_not_read(world) -> None:
     out = sync.pull(conn, "/work/sim-250101-000000", host / "r")
     assert out.files == 1
     assert out.failed and "secret" in out.failed[0]
+
+
+def test_sims_own_path_binaries_are_copied_when_under_a_root(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "tool").write_bytes(b"x")
+    sim = tmp_path / "a.toml"
+    sim.write_text(
+        '[sim]\nname = "a"\n'
+        '[[binary]]\nname = "tool"\npath = "/app/bin/tool"\n'
+        '[[binary]]\nname = "gone"\npath = "/app/bin/gone"\n'
+        '[[binary]]\nname = "sys"\npath = "/usr/bin/true"\n'
+        '[[binary]]\nname = "built"\npath = "target:release/built"\n'
+    )
+    roots = {"/app": tmp_path, "/target": tmp_path / "target", "/work": tmp_path / "w"}
+    assert sync.sim_binary_paths([sim], roots) == ["/app/bin/tool"]
+    (tmp_path / "target" / "release").mkdir(parents=True)
+    (tmp_path / "target" / "release" / "built").write_bytes(b"y")
+    assert sync.sim_binary_paths([sim], roots) == ["/app/bin/tool", "/target/release/built"]
+
+
+def test_overrides_are_staged_with_their_mtime_and_not_rewritten(tmp_path: Path) -> None:
+    from patchbay_vm_tasks import binaries
+
+    src = tmp_path / "tool"
+    src.write_bytes(b"x")
+    os.utime(src, ns=(1_000_000_000, 1_000_000_000))
+    spec = binaries.BinarySpec(name="tool", mode="path", value=str(src))
+    work = tmp_path / "work"
+    binaries.stage_override(spec, work, "t", tmp_path / "target", tmp_path)
+    dest = work / "binaries" / "tool"
+    assert dest.stat().st_mtime_ns == 1_000_000_000 and os.access(dest, os.X_OK)
+    inode = dest.stat().st_ino
+    binaries.stage_override(spec, work, "t", tmp_path / "target", tmp_path)
+    assert dest.stat().st_ino == inode  # not written again
