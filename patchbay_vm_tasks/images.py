@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from filelock import FileLock
 
-from . import provision
+from . import binfmt, provision
 from .downloads import (
     Unreachable,
     check_due,
@@ -358,6 +358,8 @@ def _build(suite: str, arch: str, mirror: str, out: Path) -> None:
             f"building debian:{suite} with mmdebstrap needs root here; run `vm.up` once as root, "
             f"or set QEMU_VM_IMAGE_URL to a downloaded image"
         )
+    # Another arch's tree runs its maintainer scripts under qemu-user-static.
+    binfmt.require(arch)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=f".build-{out.name}-", dir=out.parent))
     try:

@@ -15,7 +15,7 @@ from pathlib import Path, PureWindowsPath
 import invoke
 import pytest
 
-from patchbay_vm_tasks import firmware, qemu, settings
+from patchbay_vm_tasks import binfmt, firmware, qemu, settings
 from patchbay_vm_tasks.errors import UsageError, VmUnavailable
 from patchbay_vm_tasks.images import BaseImage
 
@@ -681,3 +681,68 @@ def test_test_run_builds_for_the_guest_arch(tmp_path, monkeypatch, arch, target)
     with pytest.raises(Stop):
         test_tasks.run(c, target="x86_64-unknown-linux-gnu")  # an explicit one wins
     assert checked[-1] == "x86_64-unknown-linux-gnu"
+
+
+# --- binfmt_misc for building the other arch's image ------------------------------
+
+ENTRY_F = "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\n"
+
+
+def binfmt_fs(tmp_path: Path, mounted=True, entry=None, conf=True, status="enabled"):
+    binfmt_dir, conf_dir = tmp_path / "binfmt_misc", tmp_path / "binfmt.d"
+    binfmt_dir.mkdir(parents=True)
+    conf_dir.mkdir(parents=True)
+    if mounted:
+        (binfmt_dir / "register").write_text("")
+        (binfmt_dir / "status").write_text(status + "\n")
+    if entry is not None:
+        (binfmt_dir / "qemu-aarch64").write_text(entry)
+    if conf:
+        (conf_dir / "qemu-aarch64.conf").write_text(":qemu-aarch64:M::...:F\n")
+    return {"binfmt_dir": binfmt_dir, "conf_dir": conf_dir, "host_machine": "x86_64"}
+
+
+@pytest.mark.parametrize(
+    ("fs", "ready", "problem", "commands"),
+    [
+        (dict(entry=ENTRY_F), True, "", []),
+        (dict(mounted=False, conf=False), False, "not mounted",
+         ["mount -t binfmt_misc", "apt-get install qemu-user-static", "register"]),
+        (dict(mounted=False), False, "not mounted", ["mount -t binfmt_misc", "register"]),
+        (dict(conf=False), False, "no qemu-aarch64 entry",
+         ["apt-get install qemu-user-static", "register"]),
+        (dict(), False, "no qemu-aarch64 entry",
+         ["cat {conf_dir}/qemu-aarch64.conf > {bd}/register"]),
+        (dict(entry=ENTRY_F.replace("enabled", "disabled", 1)), False, "entry is disabled",
+         ["echo 1 > {bd}/qemu-aarch64"]),
+        (dict(entry=ENTRY_F, status="disabled"), False, "binfmt_misc is disabled",
+         ["echo 1 > {bd}/status"]),
+        (dict(entry=ENTRY_F.replace("POCF", "POC")), False, "lacks the F flag",
+         ["echo -1 > {bd}/qemu-aarch64", "register"]),
+    ],
+)  # fmt: skip
+def test_binfmt_detection(tmp_path, fs, ready, problem, commands) -> None:
+    env = binfmt_fs(tmp_path, **fs)
+    state = binfmt.check("arm64", **env)
+    assert state.ready is ready
+    assert problem in state.problem
+    assert len(state.commands) == len(commands)
+    for cmd, part in zip(state.commands, commands, strict=True):
+        assert part.format(bd=env["binfmt_dir"], conf_dir=env["conf_dir"]) in cmd
+        assert cmd.startswith("sudo ")
+
+
+def test_binfmt_not_needed_for_the_host_arch(tmp_path) -> None:
+    assert binfmt.check("arm64", host_machine="aarch64", binfmt_dir=tmp_path).ready
+    assert binfmt.check("amd64", host_machine="x86_64", binfmt_dir=tmp_path).ready
+    # An amd64 guest built on an arm64 host needs the x86_64 entry.
+    state = binfmt.check("amd64", host_machine="arm64", binfmt_dir=tmp_path, conf_dir=tmp_path)
+    assert not state.ready and "qemu-x86_64" in state.commands[-1]
+
+
+def test_binfmt_require_prints_the_commands(tmp_path) -> None:
+    with pytest.raises(VmUnavailable) as e:
+        binfmt.require("arm64", **binfmt_fs(tmp_path, mounted=False))
+    assert "building an arm64 guest on this amd64 host" in str(e.value)
+    assert "  sudo mount -t binfmt_misc" in str(e.value)
+    binfmt.require("arm64", **binfmt_fs(tmp_path / "ok", entry=ENTRY_F))
