@@ -316,6 +316,11 @@ def build_key(suite: str, arch: str) -> str:
     return h.hexdigest()[:12]
 
 
+def serial_console(arch: str) -> str:
+    """The kernel's name for the first serial port: the 16550 of q35, the PL011 of virt."""
+    return "ttyAMA0" if arch == "arm64" else "ttyS0"
+
+
 def build_debian_image(suite: str, arch: str, mirror: str, cache_dir: Path) -> BaseImage:
     """A Debian `suite` guest built with mmdebstrap, kernel and initrd beside the qcow2."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", suite):
@@ -325,7 +330,7 @@ def build_debian_image(suite: str, arch: str, mirror: str, cache_dir: Path) -> B
         out / "disk.qcow2",
         kernel=out / "vmlinuz",
         initrd=out / "initrd.img",
-        cmdline="root=/dev/vda rw console=ttyS0",
+        cmdline=f"root=/dev/vda rw console={serial_console(arch)}",
     )
     if (out / "build.json").exists():
         say(f"using cached debian:{suite} guest image {out}")

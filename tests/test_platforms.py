@@ -15,7 +15,7 @@ from pathlib import Path, PureWindowsPath
 import invoke
 import pytest
 
-from patchbay_vm_tasks import binfmt, firmware, qemu, settings
+from patchbay_vm_tasks import binfmt, firmware, images, qemu, settings
 from patchbay_vm_tasks.errors import UsageError, VmUnavailable
 from patchbay_vm_tasks.images import BaseImage
 
@@ -746,3 +746,12 @@ def test_binfmt_require_prints_the_commands(tmp_path) -> None:
     assert "building an arm64 guest on this amd64 host" in str(e.value)
     assert "  sudo mount -t binfmt_misc" in str(e.value)
     binfmt.require("arm64", **binfmt_fs(tmp_path / "ok", entry=ENTRY_F))
+
+
+@pytest.mark.parametrize(("arch", "console"), [("amd64", "ttyS0"), ("arm64", "ttyAMA0")])
+def test_built_image_kernel_prints_on_the_machines_serial_port(tmp_path, arch, console) -> None:
+    out = images._build_dir("trixie", arch, tmp_path)
+    out.mkdir(parents=True)
+    (out / "build.json").write_text("{}")  # cached: nothing is built
+    image = images.build_debian_image("trixie", arch, "http://deb.example", tmp_path)
+    assert image.cmdline.endswith(f"console={console}")
