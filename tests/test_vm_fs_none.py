@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -35,6 +38,26 @@ action = "run"
 id = "bad"
 device = "client"
 cmd = ["sh", "-c", "exit 7"]
+"""
+
+LONG_SIM = """
+[sim]
+name = "long"
+
+[[router]]
+name = "dc"
+[device.a.eth0]
+gateway = "dc"
+
+[[step]]
+action = "spawn"
+id = "sleeper"
+device = "a"
+cmd = ["sleep", "300"]
+
+[[step]]
+action = "wait"
+duration = "2m"
 """
 
 
@@ -172,3 +195,33 @@ def test_test_run_copies_the_binaries(fsnone: VmEnv) -> None:
     again = fsnone.invoke("test.run", "--target", GNU, "--no-fail-fast")
     assert again.returncode == 0, again.stdout + again.stderr
     assert _copied(COPIED_IN, again.stderr)[0] == 0, again.stderr
+
+
+def test_ctrl_c_still_brings_the_results_home(fsnone: VmEnv) -> None:
+    (fsnone.project / "sims" / "long.toml").write_text(LONG_SIM)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "sim.run", "--patchbay-version", "builtin",
+         "--file", "sims/long.toml"],
+        cwd=fsnone.project, env=fsnone.env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        seen = []
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the runner streams its steps
+            seen.append(line)
+            if "step 0 sleeper spawn a ok" in line or time.monotonic() > deadline:
+                break
+        assert any("sleeper spawn a ok" in line for line in seen), seen
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "cleaned up in the guest" in err
+    assert _copied(COPIED_OUT, err)[0] > 0, err
+    run = fsnone.work_dir / "latest"
+    assert json.loads((run / "progress.json").read_text())["interrupted"] is True
+    assert (run / "long" / "events.jsonl").is_file()
