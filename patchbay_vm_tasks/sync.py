@@ -262,7 +262,9 @@ def push(conn: Any, host_root: Path, guest_root: str, paths: Iterable[str]) -> C
                 sftp.remove(_join(guest_root, rel))
             done.removed += 1
         kept = {k: v for k, v in manifest.items() if k not in gone}
-        _write_manifest(sftp, guest_root, {**kept, **host})
+        updated = {**kept, **host}
+        if updated != manifest:  # four round trips saved when nothing changed
+            _write_manifest(sftp, guest_root, updated)
     except OSError as e:
         raise SyncError(
             f"copying to the guest's {guest_root} failed: {type(e).__name__}: {e}"
