@@ -597,7 +597,7 @@ def qmp(
         return msg
 
 
-def quit_now(pid: int, qmp_socket: Path, marker: str) -> str:
+def quit_now(pid: int, qmp_socket: Address, marker: str) -> str:
     """Stop our QEMU at once: QMP `quit`, then signals. For a guest with nothing to save
     (a boot that failed or was interrupted), where an ACPI powerdown only waits."""
     if not is_ours(pid, marker):
@@ -682,7 +682,7 @@ class _GuestAgent:
         self.close()
 
 
-def shutdown(pid: int, qmp_socket: Path, marker: str, powerdown_wait: float = 30.0) -> str:
+def shutdown(pid: int, qmp_socket: Address, marker: str, powerdown_wait: float = 30.0) -> str:
     """Stop our QEMU: ACPI powerdown, then QMP quit, then signals. Returns how it went."""
     steps = (("system_powerdown", powerdown_wait, "powered down"), ("quit", 5.0, "quit"))
     for command, wait, how in steps:
