@@ -1,0 +1,58 @@
+"""UEFI firmware really starts from our command line: QEMU accepts the pflash pair and
+the per-VM vars file, and the firmware reaches its boot manager under TCG (an empty
+disk: no OS boots). Skipped where the QEMU binary or the firmware is not installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from patchbay_vm_tasks import firmware, qemu
+from patchbay_vm_tasks.errors import VmUnavailable
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.mark.parametrize(
+    ("arch", "setting", "qemu_bin"),
+    [("arm64", "auto", "qemu-system-aarch64"), ("amd64", "uefi", "qemu-system-x86_64")],
+)
+def test_uefi_firmware_reaches_its_boot_manager(tmp_path: Path, arch, setting, qemu_bin) -> None:
+    if not shutil.which(qemu_bin):
+        pytest.skip(f"{qemu_bin} is not installed")
+    vars_path = tmp_path / "efi-vars.fd"
+    try:
+        flash = firmware.pflash_for(arch, setting, False, qemu_bin, tmp_path, vars_path)
+    except VmUnavailable as e:
+        pytest.skip(str(e))
+    assert flash is not None and flash.vars == vars_path
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "1G"], check=True)
+    (tmp_path / "seed.iso").write_bytes(bytes(1 << 20))
+    spec = qemu.QemuSpec(
+        qemu_bin=qemu_bin, name="fwcheck", arch=arch, accel="tcg", mem_mb=512, cpus=1,
+        disk=disk, seed=tmp_path / "seed.iso", ssh_port=qemu.free_port(),
+        pidfile=tmp_path / "qemu.pid", serial_log=tmp_path / "serial.log",
+        qmp_socket=tmp_path / "qmp.sock", fs_mode="none", firmware=flash,
+    )  # fmt: skip
+    pid = qemu.start(spec)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            log = spec.serial_log.read_bytes() if spec.serial_log.exists() else b""
+            if b"BdsDxe" in log:  # the boot manager: firmware up, devices enumerated
+                break
+            assert qemu.is_ours(pid, str(tmp_path)), log.decode(errors="replace")
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"no boot manager line in 90 s: {log[-500:]!r}")
+    finally:
+        qemu.quit_now(pid, spec.qmp_socket, str(tmp_path))
+    # The vars file is this VM's from now on: a second start keeps what the firmware wrote.
+    written = vars_path.read_bytes()
+    assert firmware.pflash_for(arch, setting, False, qemu_bin, tmp_path, vars_path) == flash
+    assert vars_path.read_bytes() == written
