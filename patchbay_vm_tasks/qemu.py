@@ -21,6 +21,7 @@ from pathlib import Path, PurePath
 from .errors import VmUnavailable
 from .firmware import Pflash
 from .images import BaseImage
+from .settings import host_arch
 
 # A socket QEMU listens on: a unix socket's path, or (host, port) for TCP (Windows).
 Address = Path | tuple[str, int]
@@ -401,8 +402,16 @@ def _run_probe(argv: list[str], log: Path | None, timeout: float) -> str | None:
             proc.wait()
 
 
-def choose_accel(qemu_bin: str, requested: str, arch: str) -> tuple[str, list[str]]:
-    """The accelerator to boot with, and notes on the ones that were passed over."""
+def choose_accel(
+    qemu_bin: str, requested: str, arch: str, host: str | None = None
+) -> tuple[str, list[str]]:
+    """The accelerator to boot with, and notes on the ones that were passed over.
+
+    A guest of another arch than the host's (`host`, default this machine's) can only
+    be emulated: TCG, without asking QEMU.
+    """
+    if requested == "auto" and arch != (host or host_arch()):
+        return "tcg", []
     notes = []
     available = qemu_accels(qemu_bin) if requested == "auto" else None
     candidates = candidate_accels(requested, available=available)

@@ -560,10 +560,17 @@ def test_candidate_accels_from_accel_help(monkeypatch, system, help_key, kvm_nod
 def test_choose_accel_asks_qemu_only_when_auto(monkeypatch) -> None:
     asked = []
     monkeypatch.setattr(qemu, "qemu_accels", lambda b: asked.append(b) or {"tcg"})
-    assert qemu.choose_accel("q", "tcg", "amd64") == ("tcg", [])
+    assert qemu.choose_accel("q", "tcg", "amd64", host="amd64") == ("tcg", [])
     assert asked == []
-    assert qemu.choose_accel("q", "auto", "amd64") == ("tcg", [])
+    assert qemu.choose_accel("q", "auto", "amd64", host="amd64") == ("tcg", [])
     assert asked == ["q"]
+
+
+def test_another_arch_than_the_hosts_is_emulated(monkeypatch) -> None:
+    monkeypatch.setattr(qemu, "qemu_accels", lambda b: pytest.fail("QEMU asked"))
+    monkeypatch.setattr(qemu, "probe_accel", lambda *a: pytest.fail("probed"))
+    assert qemu.choose_accel("qemu-system-aarch64", "auto", "arm64", host="amd64") == ("tcg", [])
+    assert qemu.choose_accel("qemu-system-x86_64", "auto", "amd64", host="arm64") == ("tcg", [])
 
 
 # --- starting QEMU ---------------------------------------------------------------
