@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -16,7 +17,7 @@ from typing import Any
 
 import fabric
 
-from . import cloudinit, guest, keys, provision, qemu, shares
+from . import cloudinit, guest, keys, provision, qemu, savedstate, shares
 from .errors import TaskError, UsageError, VmUnavailable
 from .images import BaseImage, ensure_base_image
 from .settings import VmSettings
@@ -26,6 +27,14 @@ from .ui import console, say, warn
 # Under an auto-chosen accelerator other than TCG, a guest that has printed
 # nothing on its serial console by then is taken as hung (SPEC 9.1).
 ACCEL_STALL_SECONDS = 30.0
+
+
+# QEMU waits for the saved state (`migrate-incoming`) and keeps the guest paused after
+# it, so the state can be deleted before the guest runs and moves its disk on.
+RESUME_ARGS = ("-S", "-incoming", "defer")
+# virtiofs cannot be saved (vhost-user-fs does not migrate, and its shared memory makes
+# a restore slow); 9p can once unmounted, and a guest without shares always can.
+SAVEABLE_FS_MODES = ("9p", "none")
 
 
 class BootInterrupted(TaskError):
@@ -92,8 +101,15 @@ def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> V
             return Vm(settings, record, conn, booted=False)
         _remove_transient(state, record)
         if recreate:
+            savedstate.discard(state)
             for path in (state.disk, state.seed):
                 path.unlink(missing_ok=True)
+        else:
+            vm = _resume(settings, state)
+            if vm:
+                return vm
+        # A boot moves the disk on: a saved state no longer belongs to it.
+        savedstate.discard(state)
         return _boot(settings, state, refresh)
 
 
@@ -177,7 +193,7 @@ def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
         host.mkdir(parents=True, exist_ok=True)
     client_key = keys.ensure_keypair(state.key, f"patchbay-vm-{settings.name}")
     host_key = keys.ensure_keypair(state.host_key, f"root@{settings.name}")
-    _write_seed(settings, state, client_key, host_key)
+    seed_id = _write_seed(settings, state, client_key, host_key)
     _ensure_disk(settings, state, base)
     port = pick_ssh_port(settings.ssh_port, settings.ssh_port_explicit, state.read_last_port())
     state.last_port.write_text(f"{port}\n")
@@ -199,6 +215,10 @@ def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
         "fs_mode": fs_mode,
         "mounts": mount_record(settings),
         "base_image": str(base.disk),
+        "base": _base_record(base),
+        "image_url": settings.image_url,
+        "accel_asked": settings.accel,
+        "seed_id": seed_id,
         "helpers": [],
     }
     try:
@@ -218,6 +238,120 @@ def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
         f"(accel {vm.record['accel']}, {fs_mode}, ssh port {port}, {vm.record['cpus']} CPUs)"
     )
     return vm
+
+
+def _base_record(base: BaseImage) -> dict[str, Any]:
+    return {
+        "disk": str(base.disk),
+        "format": base.format,
+        "kernel": str(base.kernel) if base.kernel else None,
+        "initrd": str(base.initrd) if base.initrd else None,
+        "cmdline": base.cmdline,
+    }
+
+
+def _base_from_record(data: dict[str, Any]) -> BaseImage:
+    return BaseImage(
+        disk=Path(data["disk"]),
+        format=data["format"],
+        kernel=Path(data["kernel"]) if data.get("kernel") else None,
+        initrd=Path(data["initrd"]) if data.get("initrd") else None,
+        cmdline=data.get("cmdline", ""),
+    )
+
+
+def _fingerprint(settings: VmSettings, spec: qemu.QemuSpec, seed_id: str) -> dict[str, Any]:
+    base = spec.base
+    files = [str(p) for p in (base.disk, base.kernel, base.initrd) if p] if base else []
+    argv = qemu.build_argv(dataclasses.replace(spec, extra=()))
+    version = savedstate.qemu_version(settings.qemu_bin)
+    return savedstate.fingerprint(argv, spec.ssh_port, version, files, seed_id)
+
+
+def _resume_mismatch(settings: VmSettings, meta: dict[str, Any]) -> str | None:
+    """What the settings ask for that the saved guest cannot be (beyond its command line)."""
+    saved = meta["record"]
+    if settings.image_url != saved.get("image_url"):
+        return f"the image changed ({saved.get('image_url')} -> {settings.image_url})"
+    if settings.accel not in ("auto", saved["accel"]):
+        return f"QEMU_VM_ACCEL asks for {settings.accel}; it was saved under {saved['accel']}"
+    asked_fs = str(settings.fs_mode)
+    if asked_fs != saved["fs_mode"] and (asked_fs != "auto" or saved["fs_mode"] == "none"):
+        return f"QEMU_VM_FS asks for {settings.fs_mode}; it was saved with {saved['fs_mode']}"
+    return None
+
+
+def _resume(settings: VmSettings, state: StateDir) -> Vm | None:
+    """Resume the guest `vm.down` saved; None (saying why) when there is none to resume
+    or it cannot be, and the caller boots."""
+    meta, broken = savedstate.read(state)
+    if meta is None:
+        if broken:
+            warn(f"not resuming {settings.name}: {broken}; booting it")
+        return None
+    why = _resume_mismatch(settings, meta)
+    started = time.monotonic()
+    saved = meta["record"]
+    record: dict[str, Any] = {
+        **{k: saved[k] for k in ("accel", "cpus", "fs_mode", "base", "image_url", "accel_asked")},
+        "name": settings.name,
+        "ssh_user": settings.ssh_user,
+        "mounts": mount_record(settings),
+        "base_image": saved["base"]["disk"],
+        "helpers": [],
+    }
+    base = _base_from_record(saved["base"])
+    share_list = shares.make_shares(settings.mounts(), record["fs_mode"], state.root)
+    if why is None:
+        client_key = keys.ensure_keypair(state.key, f"patchbay-vm-{settings.name}")
+        host_key = keys.ensure_keypair(state.host_key, f"root@{settings.name}")
+        _, record["seed_id"] = _render_seed(settings, client_key, host_key)
+        record["ssh_port"] = pick_ssh_port(
+            settings.ssh_port, settings.ssh_port_explicit, state.read_last_port()
+        )
+        spec = _qemu_spec(settings, state, base, record, share_list)
+        why = savedstate.difference(
+            meta["fingerprint"], _fingerprint(settings, spec, record["seed_id"])
+        )
+    if why:
+        warn(f"not resuming {settings.name}: {why}; booting it")
+        return None
+    state.last_port.write_text(f"{record['ssh_port']}\n")
+    keys.write_known_hosts(state.known_hosts, record["ssh_port"], host_key)
+    marker = str(state.root)
+    try:
+        with contextlib.ExitStack() as owned:
+            _start_qemu(settings, state, base, record, share_list, extra=RESUME_ARGS)
+            owned.callback(qemu.quit_now, record["pid"], state.qmp_socket, marker)
+            with console.status(f"resuming {settings.name}"):
+                savedstate.restore(state)
+                # From here the disk moves on: the state must never be loaded again.
+                savedstate.discard(state)
+                reply = qemu.qmp(state.qmp_socket, "cont")
+                if "error" in reply:
+                    raise savedstate.RestoreFailed(reply["error"].get("desc", "cont failed"))
+                # The fstab lines and sysctl of the boot are in the saved guest already.
+                remount = f"mount -a -t 9p -O {shares.FSTAB_MARK}"
+                savedstate.refresh_guest(state, remount if saved["fs_mode"] == "9p" else "true")
+            record.update(guest_agent=True, resumed=True)
+            record["resume_seconds"] = round(time.monotonic() - started, 2)
+            state.write_runtime(record)
+            owned.pop_all()
+    except KeyboardInterrupt:
+        savedstate.discard(state)
+        _remove_transient(state, state.read_runtime() or record)
+        raise BootInterrupted(f"interrupted: stopped {settings.name} while resuming it") from None
+    except (savedstate.RestoreFailed, VmUnavailable, OSError, ValueError) as e:
+        savedstate.discard(state)
+        _remove_transient(state, state.read_runtime() or record)
+        warn(f"resuming {settings.name} failed ({e}); booting it instead")
+        return None
+    say(
+        f"VM {settings.name} resumed after {record['resume_seconds']:.1f} s "
+        f"(accel {record['accel']}, {record['fs_mode']}, ssh port {record['ssh_port']})"
+    )
+    conn = guest.connection(record["ssh_port"], record["ssh_user"], state.key, state.known_hosts)
+    return Vm(settings, record, conn, booted=True)
 
 
 def _start_and_wait(
@@ -313,14 +447,15 @@ def _wait_and_provision(
     return Vm(settings, record, conn, booted=True)
 
 
-def _start_qemu(
+def _qemu_spec(
     settings: VmSettings,
     state: StateDir,
     base: BaseImage,
     record: dict[str, Any],
     share_list: list[qemu.Share],
-) -> None:
-    spec = qemu.QemuSpec(
+    extra: tuple[str, ...] = (),
+) -> qemu.QemuSpec:
+    return qemu.QemuSpec(
         qemu_bin=settings.qemu_bin,
         name=settings.name,
         arch=settings.arch,
@@ -337,7 +472,19 @@ def _start_qemu(
         fs_mode=record["fs_mode"],
         shares=tuple(share_list),
         base=base,
+        extra=extra,
     )
+
+
+def _start_qemu(
+    settings: VmSettings,
+    state: StateDir,
+    base: BaseImage,
+    record: dict[str, Any],
+    share_list: list[qemu.Share],
+    extra: tuple[str, ...] = (),
+) -> None:
+    spec = _qemu_spec(settings, state, base, record, share_list, extra)
     state.pidfile.unlink(missing_ok=True)
     state.serial_log.unlink(missing_ok=True)
     argv = qemu.build_argv(spec)
@@ -375,7 +522,23 @@ def _shows_life(state: StateDir) -> bool:
     return False
 
 
-def _write_seed(settings: VmSettings, state: StateDir, client: keys.KeyPair, host: keys.KeyPair):
+def _write_seed(
+    settings: VmSettings, state: StateDir, client: keys.KeyPair, host: keys.KeyPair
+) -> str:
+    """Write the seed ISO when its contents changed; returns its instance id."""
+    seed, instance_id = _render_seed(settings, client, host)
+    if state.seed.exists():
+        with contextlib.suppress(Exception):  # unreadable: written again
+            if cloudinit.read_seed_iso(state.seed) == seed:
+                # Unchanged: the file a saved guest state was made with stays as it was.
+                return instance_id
+    cloudinit.write_seed_iso(seed, state.seed)
+    return instance_id
+
+
+def _render_seed(
+    settings: VmSettings, client: keys.KeyPair, host: keys.KeyPair
+) -> tuple[dict[str, str], str]:
     templates = cloudinit.template_dir(settings.project_dir)
     values: dict[str, str | int] = {
         "user": settings.ssh_user,
@@ -392,7 +555,7 @@ def _write_seed(settings: VmSettings, state: StateDir, client: keys.KeyPair, hos
     values["instance_id"] = "iid-patchbay-" + keys.fingerprint(
         client.public_line, host.public_line, probe["user-data"], probe["network-config"]
     )
-    cloudinit.write_seed_iso(cloudinit.render_seed(templates, values), state.seed)
+    return cloudinit.render_seed(templates, values), str(values["instance_id"])
 
 
 def guest_uid() -> int:
@@ -464,7 +627,9 @@ def pick_ssh_port(wanted: int, explicit: bool, previous: int | None = None) -> i
 # --- down, cleanup, status -------------------------------------------------------
 
 
-def down(settings: VmSettings) -> str:
+def down(settings: VmSettings, poweroff: bool = False) -> str:
+    """Stop the VM: save the guest so the next `up` resumes it, or (`poweroff`, or when
+    it cannot be saved) shut it down."""
     state = state_of(settings)
     with locked(state):
         pid = running_pid(state)
@@ -474,8 +639,47 @@ def down(settings: VmSettings) -> str:
             return f"VM {settings.name} is not running" + (
                 f"; removed {len(removed)} stale file(s)" if removed else ""
             )
+        assert record is not None  # running_pid found our QEMU, which has its record
+        why_not = "asked to power off" if poweroff else _why_not_saveable(record)
+        if why_not is None:
+            try:
+                with console.status(f"saving {settings.name}"):
+                    saved = _save(state, pid, record)
+            except savedstate.SaveFailed as e:
+                why_not = f"saving it failed: {e}"
+            else:
+                _remove_transient(state, record)
+                return (
+                    f"VM {settings.name} saved ({saved.size / 1e6:.0f} MB in "
+                    f"{saved.seconds:.1f} s); the next vm.up resumes it"
+                )
         how = _stop(state, pid, record)
-        return f"VM {settings.name} stopped ({how})"
+        return f"VM {settings.name} stopped ({how}; not saved: {why_not}; the next vm.up boots)"
+
+
+def _why_not_saveable(record: dict[str, Any]) -> str | None:
+    if record.get("fs_mode") not in SAVEABLE_FS_MODES:
+        return f"its shares are {record.get('fs_mode')}, which cannot be saved (QEMU_VM_FS=9p can)"
+    if not record.get("guest_agent"):
+        return "its image has no QEMU guest agent"
+    if "seed_id" not in record or "base" not in record:
+        return "it was booted by an older version of this tool"
+    return None
+
+
+def _save(state: StateDir, pid: int, record: dict[str, Any]) -> savedstate.Saved:
+    """Save the running guest; the state is bound to what really runs (its record)."""
+    base = record["base"]
+    files = [p for p in (base["disk"], base["kernel"], base["initrd"]) if p]
+    argv = record["qemu_argv"]
+    if tuple(argv[-len(RESUME_ARGS) :]) == RESUME_ARGS:
+        argv = argv[: -len(RESUME_ARGS)]  # a resumed guest: its hardware without them
+    version = savedstate.qemu_version(argv[0])
+    fp = savedstate.fingerprint(argv, record["ssh_port"], version, files, record["seed_id"])
+    if record["fs_mode"] == "9p":
+        savedstate.unmount_shares(state, [m["guest"] for m in record["mounts"]])
+    keep = ("accel", "cpus", "fs_mode", "base", "image_url", "accel_asked")
+    return savedstate.save(state, pid, fp, {"record": {k: record[k] for k in keep}})
 
 
 def _stop(state: StateDir, pid: int | None, record: dict[str, Any] | None) -> str:
