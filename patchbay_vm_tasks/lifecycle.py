@@ -202,9 +202,7 @@ def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
     for note in notes:
         warn(note)
     cpus = qemu.guest_cpus(settings.cpus, accel, cpus_explicit(settings))
-    fs_mode, daemon, fs_why = shares.choose_fs_mode(settings.fs_mode, settings.virtiofsd_bin)
-    if fs_mode == "9p" and settings.fs_mode == "auto":
-        say(f"sharing folders over 9p: {fs_why}")
+    fs_mode, daemon, _why = shares.choose_fs_mode(settings.fs_mode, settings.virtiofsd_bin)
 
     record: dict[str, Any] = {
         "name": settings.name,
