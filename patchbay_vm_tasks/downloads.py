@@ -12,12 +12,14 @@ import hashlib
 import os
 import time
 from pathlib import Path
-
-import requests
+from typing import TYPE_CHECKING
 
 from .errors import TaskError
 from .files import temp_beside
 from .ui import download_progress
+
+if TYPE_CHECKING:
+    import requests
 
 CHUNK = 1 << 20
 
@@ -51,6 +53,8 @@ def get(
 ) -> requests.Response:
     """GET url, following redirects. No answer at all raises Unreachable; any other
     request error raises TaskError starting with `failed` (default "download of URL failed")."""
+    import requests  # here: 0.1 s of every task's start-up, needed by few of them
+
     try:
         return requests.get(url, stream=stream, timeout=timeout, allow_redirects=True)
     except (requests.ConnectionError, requests.Timeout) as e:
@@ -96,6 +100,8 @@ def download(
     matches it. On any failure no file is left behind. Connection problems raise
     Unreachable, HTTP error statuses HttpError (with .status), anything else TaskError.
     """
+    import requests
+
     digest = hashlib.sha512()
     written = 0
     with get(url, timeout, stream=True) as resp:
