@@ -180,7 +180,52 @@ def bench_boots_and_commands(vm: BenchVm, runs: int, cold_runs: int, log) -> lis
             kept.samples.append(timed(lambda: handle.conn.run("true", hide=True)))
     finally:
         handle.close()
-    return [cold, warm, ssh_proc, kept, rust_true, rust_warm]
+    overhead = bench_sim_run_overhead(vm, runs)
+    log(f"  sim.run overhead median {statistics.median(overhead.samples):.2f} s")
+    save, resume = Case("vm.down saving the guest"), Case("cold vm.up, resuming a saved VM")
+    for i in range(cold_runs or 1):
+        save.samples.append(timed(lambda: vm.invoke("vm.down")))
+        started = time.monotonic()
+        out = vm.invoke("vm.up")
+        resume.samples.append(time.monotonic() - started)
+        if "resumed after" not in out.stderr:
+            resume.note = "did not resume: " + out.stderr.strip().splitlines()[-1]
+        log(f"  resume {i + 1}: {resume.samples[-1]:.1f} s")
+    return [cold, resume, save, warm, ssh_proc, kept, overhead, rust_true, rust_warm]
+
+
+# A sim with one short step: what sim.run adds around the runner shows, not the lab.
+OVERHEAD_SIM = """[sim]
+name = "overhead"
+
+[[router]]
+name = "dc"
+
+[device.a.eth0]
+gateway = "dc"
+
+[[step]]
+action = "run"
+device = "a"
+cmd = ["true"]
+"""
+
+
+def bench_sim_run_overhead(vm: BenchVm, runs: int) -> Case:
+    """`sim.run` on a warm VM, minus the runner's own time (its 'after N s' line)."""
+    case = Case("sim.run overhead (whole task minus the runner)")
+    sim = vm.project / "sims" / "overhead.toml"
+    sim.parent.mkdir(exist_ok=True)
+    sim.write_text(OVERHEAD_SIM)
+    args = ("sim.run", "--file", "sims/overhead.toml", "--patchbay-version", "builtin")
+    vm.invoke(*args)  # the runner staged and unpacked once, as on any later run
+    for _ in range(runs):
+        started = time.monotonic()
+        out = vm.invoke(*args)
+        whole = time.monotonic() - started
+        runner = float(out.stderr.split("after ")[-1].split(" s;")[0])
+        case.samples.append(whole - runner)
+    return case
 
 
 def bench_staging(vm: BenchVm, mode: str, size_mb: int, runs: int, source: Path, log) -> list[Case]:
@@ -241,6 +286,7 @@ def ratios(cases: list[Case]) -> dict[str, float]:
     med = {c.name: statistics.median(c.samples) for c in cases if c.samples}
     out = {}
     pairs = [
+        ("cold vm.up, resuming a saved VM", "cold vm.up, new VM (image cached)"),
         ("warm vm.up", f"rust: warm up ({RUST_WARM_UP_COMMANDS} ssh processes)"),
         ("vm.ssh -- true (process)", "rust: ssh true (one process)"),
         ("guest command on a kept connection", "rust: ssh true (one process)"),
