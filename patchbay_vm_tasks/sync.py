@@ -441,7 +441,7 @@ def bring_runs_home(conn: Any, settings: Any, before: set[str]) -> Copied:
         _symlink(latest, settings.work_dir / "latest")
     say(f"copied from the guest: {total.describe()} ({', '.join(runs)})")
     old = sorted(after)[: max(len(after) - settings.keep_runs, 0)] if settings.keep_runs else []
-    old = [r for r in old if r != latest]
+    old = [r for r in old if r != latest and r not in runs]  # never one just pulled
     if old:
         guest.run_argv(
             conn,

@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import paramiko
 import pytest
@@ -71,9 +72,14 @@ class LocalSftp:
 class FakeConn:
     def __init__(self, root: Path) -> None:
         self.client = LocalSftp(root)
+        self.commands: list[str] = []
 
     def sftp(self) -> LocalSftp:
         return self.client
+
+    def run(self, command: str, **_kwargs) -> SimpleNamespace:
+        self.commands.append(command)  # chown / rm as root in the guest: noted, not run
+        return SimpleNamespace(exited=0, stdout="", stderr="")
 
 
 # --- pure parts ---------------------------------------------------------------------
@@ -281,3 +287,21 @@ def test_overrides_are_staged_with_their_mtime_and_not_rewritten(tmp_path: Path)
     inode = dest.stat().st_ino
     binaries.stage_override(spec, work, "t", tmp_path / "target", tmp_path)
     assert dest.stat().st_ino == inode  # not written again
+
+
+def test_bring_runs_home_pulls_the_new_runs_and_points_latest(world) -> None:
+    host, guest, conn = world
+    work = guest / "work"
+    for name in ("sim-250101-000000", "sim-250101-000100", "sim-250101-000200"):
+        (work / name / "ping").mkdir(parents=True)
+        (work / name / "ping" / "sim.json").write_text(name)
+    os.symlink("sim-250101-000200", work / "latest")
+    settings = SimpleNamespace(ssh_user="dev", work_dir=host, keep_runs=2)
+    before = {"sim-250101-000000", "sim-250101-000100"}
+    done = sync.bring_runs_home(conn, settings, before)
+    assert done.files == 1
+    assert (host / "latest" / "ping" / "sim.json").read_text() == "sim-250101-000200"
+    assert not (host / "sim-250101-000100").exists()  # older runs are not fetched
+    assert "chown -R dev: -- /work/sim-250101-000200" in conn.commands[0]
+    # keep_runs 2: the oldest guest run goes, as the host prunes its own.
+    assert "rm -rf -- /work/sim-250101-000000" in conn.commands[1]
