@@ -242,17 +242,24 @@ def test_pull_brings_a_run_home_then_only_changes(world) -> None:
     assert (again.files, again.unchanged) == (0, 2)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
-def test_pull_names_the_files_it_could_not_read(world) -> None:
+def test_pull_names_the_files_it_could_not_read(world, monkeypatch) -> None:
     host, guest, conn = world
     run = guest / "work" / "sim-250101-000000"
     run.mkdir()
     (run / "secret").write_text("x")
-    (run / "secret").chmod(0)
     (run / "ok").write_text("y")
+    real_get = conn.client.get
+
+    def get(remote: str, local: str) -> None:
+        if remote.endswith("secret"):  # a key the runner wrote 0600 as root
+            raise PermissionError(13, "Permission denied")
+        real_get(remote, local)
+
+    monkeypatch.setattr(conn.client, "get", get)
     out = sync.pull(conn, "/work/sim-250101-000000", host / "r")
-    assert out.files == 1
-    assert out.failed and "secret" in out.failed[0]
+    assert out.files == 1 and (host / "r" / "ok").read_text() == "y"
+    assert out.failed == ["/work/sim-250101-000000/secret: Permission denied"]
+    assert not list((host / "r").glob("*.patchbay-part"))
 
 
 def test_sims_own_path_binaries_are_copied_when_under_a_root(tmp_path: Path) -> None:
