@@ -184,9 +184,9 @@ def test_test_run_copies_the_binaries(fsnone: VmEnv) -> None:
     out = fsnone.invoke("test.run", "--target", GNU, "--no-fail-fast")
     TIMINGS["fs none: test.run build+run (s)"] = round(time.monotonic() - started, 1)
     assert out.returncode == 0, out.stdout + out.stderr
-    files, mb, _secs = _copied(COPIED_IN, out.stderr)
+    files, mb, secs = _copied(COPIED_IN, out.stderr)
     assert files >= 2, out.stderr  # the lib's unit tests and tests/net.rs
-    TIMINGS["fs none: test binaries pushed files/MB"] = f"{files}/{mb}"
+    TIMINGS["fs none: test binaries pushed files/MB/s"] = f"{files}/{mb}/{secs}"
     assert "PASS testcrate::net (test)" in out.stdout
     assert "test netns_veth ... ok" in out.stdout
     assert re.search(r"^\d+ passed, 0 failed$", out.stdout, re.M)
