@@ -360,7 +360,10 @@ def pull(conn: Any, guest_dir: str, host_dir: Path) -> Copied:
             done.failed.append(f"{guest_dir}/{rel}: {e.strerror or e}")
             continue
         if target and not target.startswith("/"):
-            _symlink(target, host_dir / rel)
+            try:
+                _symlink(target, host_dir / rel)
+            except OSError as e:  # Windows without the symlink privilege
+                done.failed.append(f"{guest_dir}/{rel} (a link to {target}): {e.strerror or e}")
     done.seconds = time.monotonic() - started
     return done
 
@@ -438,7 +441,10 @@ def bring_runs_home(conn: Any, settings: Any, before: set[str]) -> Copied:
         except SyncError as e:
             failures.append(str(e))
     if latest and (settings.work_dir / latest).is_dir():
-        _symlink(latest, settings.work_dir / "latest")
+        try:
+            _symlink(latest, settings.work_dir / "latest")
+        except OSError as e:  # Windows without the symlink privilege
+            warn(f"cannot point {settings.work_dir / 'latest'} at {latest}: {e.strerror or e}")
     say(f"copied from the guest: {total.describe()} ({', '.join(runs)})")
     old = sorted(after)[: max(len(after) - settings.keep_runs, 0)] if settings.keep_runs else []
     old = [r for r in old if r != latest and r not in runs]  # never one just pulled
