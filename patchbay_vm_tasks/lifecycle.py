@@ -9,6 +9,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -17,7 +18,7 @@ from typing import Any
 
 import fabric
 
-from . import cloudinit, guest, keys, provision, qemu, savedstate, shares
+from . import cloudinit, firmware, guest, keys, provision, qemu, savedstate, shares
 from .errors import TaskError, UsageError, VmUnavailable
 from .images import BaseImage, ensure_base_image
 from .settings import VmSettings
@@ -35,6 +36,10 @@ RESUME_ARGS = ("-S", "-incoming", "defer")
 # virtiofs cannot be saved (vhost-user-fs does not migrate, and its shared memory makes
 # a restore slow); 9p can once unmounted, and a guest without shares always can.
 SAVEABLE_FS_MODES = ("9p", "none")
+# What a resume takes over from the saved guest's record (the rest follows the settings).
+SAVED_RECORD_KEYS = (
+    "accel", "cpus", "fs_mode", "base", "image_url", "accel_asked", "arch", "firmware",
+)  # fmt: skip
 
 
 class BootInterrupted(TaskError):
@@ -66,6 +71,17 @@ def running_pid(state: StateDir) -> int | None:
     return pid if qemu.is_ours(pid, str(state.root)) else None
 
 
+def qmp_address(state: StateDir, record: dict[str, Any]) -> qemu.Address:
+    """QMP: the state dir's unix socket; a loopback TCP port on Windows (QEMU there)."""
+    port = record.get("qmp_port")
+    return ("127.0.0.1", port) if port else state.qmp_socket
+
+
+def qga_address(state: StateDir, record: dict[str, Any]) -> qemu.Address:
+    port = record.get("qga_port")
+    return ("127.0.0.1", port) if port else state.qga_socket
+
+
 def mount_record(settings: VmSettings) -> list[dict[str, str]]:
     return [{"guest": g, "host": str(h), "access": a} for g, h, a in settings.mounts()]
 
@@ -87,6 +103,7 @@ def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> V
             _stop(state, pid, record)
             pid = None
         if pid and record:
+            _check_same_arch(settings, record)
             _check_same_mounts(settings, record)
             if _answers_without_ssh(settings, state, record):
                 # The connection opens (one handshake) only when a task sends a command.
@@ -102,7 +119,8 @@ def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> V
         _remove_transient(state, record)
         if recreate:
             savedstate.discard(state)
-            for path in (state.disk, state.seed):
+            # A fresh disk gets fresh firmware boot entries too.
+            for path in (state.disk, state.seed, state.efi_vars, state.root / "efi-code.fd"):
                 path.unlink(missing_ok=True)
         else:
             vm = _resume(settings, state)
@@ -124,11 +142,13 @@ def _answers_without_ssh(settings: VmSettings, state: StateDir, record: dict[str
         return False
     try:
         if (
-            qemu.qmp(state.qmp_socket, "query-status", timeout=2.0).get("return", {}).get("status")
+            qemu.qmp(qmp_address(state, record), "query-status", timeout=2.0)
+            .get("return", {})
+            .get("status")
             != "running"
         ):
             return False
-        with qemu.guest_agent(state.qga_socket) as agent:
+        with qemu.guest_agent(qga_address(state, record)) as agent:
             return agent.run(shares.mounted_check_argv(settings.mounts())) == 0
     except (OSError, ValueError, qemu.GuestAgentError):
         return False
@@ -138,6 +158,23 @@ def cpus_explicit(settings: VmSettings) -> bool:
     """Whether a CPU count was asked for (QEMU_VM_CPUS, or a config/flag value other than
     the default); only the default is fitted to the host under TCG."""
     return "QEMU_VM_CPUS" in os.environ or settings.cpus != qemu.DEFAULT_CPUS
+
+
+def _control_ports() -> dict[str, int]:
+    """QEMU for Windows: QMP and the guest agent on loopback TCP ports (no unix sockets
+    there); elsewhere they are unix sockets in the state dir and need no port."""
+    if sys.platform != "win32":
+        return {}
+    return {"qmp_port": qemu.free_port(), "qga_port": qemu.free_port()}
+
+
+def _check_same_arch(settings: VmSettings, record: dict[str, Any]) -> None:
+    running = record.get("arch", "amd64")
+    if running != settings.arch:
+        raise UsageError(
+            f"VM {settings.name} runs an {running} guest and {settings.arch} is asked for "
+            f"(QEMU_VM_ARCH); run again with --recreate, or `vm.down` and use another name"
+        )
 
 
 def _check_same_mounts(settings: VmSettings, record: dict[str, Any]) -> None:
@@ -195,6 +232,15 @@ def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
     host_key = keys.ensure_keypair(state.host_key, f"root@{settings.name}")
     seed_id = _write_seed(settings, state, client_key, host_key)
     _ensure_disk(settings, state, base)
+    # Before anything starts: missing firmware is said first.
+    flash = firmware.pflash_for(
+        settings.arch,
+        settings.firmware,
+        base.kernel is not None,
+        settings.qemu_bin,
+        state.root,
+        state.efi_vars,
+    )
     port = pick_ssh_port(settings.ssh_port, settings.ssh_port_explicit, state.read_last_port())
     state.last_port.write_text(f"{port}\n")
     keys.write_known_hosts(state.known_hosts, port, host_key)
@@ -217,6 +263,9 @@ def _boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
         "image_url": settings.image_url,
         "accel_asked": settings.accel,
         "seed_id": seed_id,
+        "arch": settings.arch,
+        "firmware": [str(flash.code), str(flash.vars)] if flash else None,
+        **_control_ports(),
         "helpers": [],
     }
     try:
@@ -258,17 +307,19 @@ def _base_from_record(data: dict[str, Any]) -> BaseImage:
     )
 
 
-def _fingerprint(settings: VmSettings, spec: qemu.QemuSpec, seed_id: str) -> dict[str, Any]:
-    base = spec.base
-    files = [str(p) for p in (base.disk, base.kernel, base.initrd) if p] if base else []
+def _fingerprint(settings: VmSettings, spec: qemu.QemuSpec, record: dict[str, Any]) -> dict:
     argv = qemu.build_argv(dataclasses.replace(spec, extra=()))
     version = savedstate.qemu_version(settings.qemu_bin)
-    return savedstate.fingerprint(argv, spec.ssh_port, version, files, seed_id)
+    return savedstate.fingerprint(
+        argv, _ports(record), version, _base_files(record), record["seed_id"]
+    )
 
 
 def _resume_mismatch(settings: VmSettings, meta: dict[str, Any]) -> str | None:
     """What the settings ask for that the saved guest cannot be (beyond its command line)."""
     saved = meta["record"]
+    if settings.arch != saved.get("arch", "amd64"):
+        return f"the guest is {saved.get('arch')}, {settings.arch} is asked for"
     if settings.image_url != saved.get("image_url"):
         return f"the image changed ({saved.get('image_url')} -> {settings.image_url})"
     if settings.accel not in ("auto", saved["accel"]):
@@ -291,7 +342,7 @@ def _resume(settings: VmSettings, state: StateDir) -> Vm | None:
     started = time.monotonic()
     saved = meta["record"]
     record: dict[str, Any] = {
-        **{k: saved[k] for k in ("accel", "cpus", "fs_mode", "base", "image_url", "accel_asked")},
+        **{k: saved.get(k) for k in SAVED_RECORD_KEYS},
         "name": settings.name,
         "ssh_user": settings.ssh_user,
         "mounts": mount_record(settings),
@@ -307,10 +358,9 @@ def _resume(settings: VmSettings, state: StateDir) -> Vm | None:
         record["ssh_port"] = pick_ssh_port(
             settings.ssh_port, settings.ssh_port_explicit, state.read_last_port()
         )
+        record.update(_control_ports())
         spec = _qemu_spec(settings, state, base, record, share_list)
-        why = savedstate.difference(
-            meta["fingerprint"], _fingerprint(settings, spec, record["seed_id"])
-        )
+        why = savedstate.difference(meta["fingerprint"], _fingerprint(settings, spec, record))
     if why:
         warn(f"not resuming {settings.name}: {why}; booting it")
         return None
@@ -320,17 +370,19 @@ def _resume(settings: VmSettings, state: StateDir) -> Vm | None:
     try:
         with contextlib.ExitStack() as owned:
             _start_qemu(settings, state, base, record, share_list, extra=RESUME_ARGS)
-            owned.callback(qemu.quit_now, record["pid"], state.qmp_socket, marker)
+            qmp = qmp_address(state, record)
+            owned.callback(qemu.quit_now, record["pid"], qmp, marker)
             with console.status(f"resuming {settings.name}"):
-                savedstate.restore(state)
+                savedstate.restore(state, qmp, meta["fingerprint"]["qemu_version"])
                 # From here the disk moves on: the state must never be loaded again.
                 savedstate.discard(state)
-                reply = qemu.qmp(state.qmp_socket, "cont")
+                reply = qemu.qmp(qmp, "cont")
                 if "error" in reply:
                     raise savedstate.RestoreFailed(reply["error"].get("desc", "cont failed"))
                 # The fstab lines and sysctl of the boot are in the saved guest already.
                 remount = f"mount -a -t 9p -O {shares.FSTAB_MARK}"
-                savedstate.refresh_guest(state, remount if saved["fs_mode"] == "9p" else "true")
+                remount = remount if saved["fs_mode"] == "9p" else "true"
+                savedstate.refresh_guest(qga_address(state, record), remount)
             record.update(guest_agent=True, resumed=True)
             record["resume_seconds"] = round(time.monotonic() - started, 2)
             state.write_runtime(record)
@@ -396,7 +448,7 @@ def _start_processes(
                 record["helpers"].append(pid)
                 state.write_runtime(record)
         _start_qemu(settings, state, base, record, share_list)
-        owned.callback(qemu.quit_now, record["pid"], state.qmp_socket, marker)
+        owned.callback(qemu.quit_now, record["pid"], qmp_address(state, record), marker)
     except BaseException:
         owned.close()
         raise
@@ -440,7 +492,7 @@ def _wait_and_provision(
         record["ssh_ready_seconds"] = round(waited, 1)
         status.update("mounting shares and provisioning")
         guest.run_root_script(conn, _guest_script(settings, record["fs_mode"]), "provisioning")
-        record["guest_agent"] = _agent_answers(state)
+        record["guest_agent"] = _agent_answers(qga_address(state, record))
     state.write_runtime(record)
     return Vm(settings, record, conn, booted=True)
 
@@ -471,6 +523,11 @@ def _qemu_spec(
         shares=tuple(share_list),
         base=base,
         extra=extra,
+        firmware=firmware.Pflash(*map(Path, record["firmware"]))
+        if record.get("firmware")
+        else None,
+        qmp_port=record.get("qmp_port"),
+        qga_port=record.get("qga_port"),
     )
 
 
@@ -483,27 +540,18 @@ def _start_qemu(
     extra: tuple[str, ...] = (),
 ) -> None:
     spec = _qemu_spec(settings, state, base, record, share_list, extra)
-    state.pidfile.unlink(missing_ok=True)
     state.serial_log.unlink(missing_ok=True)
-    argv = qemu.build_argv(spec)
-    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        raise VmUnavailable(
-            f"QEMU failed to start (exit {proc.returncode}): {proc.stderr.strip()}\n"
-            f"command: {' '.join(argv)}"
-        )
-    pid = qemu.read_pid(state.pidfile)
-    if not pid:
-        raise VmUnavailable(f"QEMU started but wrote no PID file {state.pidfile}")
+    argv = qemu.build_argv(spec)  # pure: the argv `start` runs
+    pid = qemu.start(spec)
     record.update(pid=pid, started_at=time.time(), qemu_argv=argv)
     state.write_runtime(record)
 
 
-def _agent_answers(state: StateDir) -> bool:
+def _agent_answers(qga: qemu.Address) -> bool:
     """Whether the guest agent answers. Asked once the guest is up over SSH: our image's
     agent started early in its boot; an image without one costs this one timeout."""
     try:
-        with qemu.guest_agent(state.qga_socket, timeout=3.0) as agent:
+        with qemu.guest_agent(qga, timeout=3.0) as agent:
             agent.call("guest-ping")
             return True
     except qemu.GuestAgentError:
@@ -667,24 +715,39 @@ def _why_not_saveable(record: dict[str, Any]) -> str | None:
 
 def _save(state: StateDir, pid: int, record: dict[str, Any]) -> savedstate.Saved:
     """Save the running guest; the state is bound to what really runs (its record)."""
-    base = record["base"]
-    files = [p for p in (base["disk"], base["kernel"], base["initrd"]) if p]
     argv = record["qemu_argv"]
     if tuple(argv[-len(RESUME_ARGS) :]) == RESUME_ARGS:
         argv = argv[: -len(RESUME_ARGS)]  # a resumed guest: its hardware without them
     version = savedstate.qemu_version(argv[0])
-    fp = savedstate.fingerprint(argv, record["ssh_port"], version, files, record["seed_id"])
+    fp = savedstate.fingerprint(
+        argv, _ports(record), version, _base_files(record), record["seed_id"]
+    )
     if record["fs_mode"] == "9p":
-        savedstate.unmount_shares(state, [m["guest"] for m in record["mounts"]])
-    keep = ("accel", "cpus", "fs_mode", "base", "image_url", "accel_asked")
-    return savedstate.save(state, pid, fp, {"record": {k: record[k] for k in keep}})
+        savedstate.unmount_shares(
+            qga_address(state, record), [m["guest"] for m in record["mounts"]]
+        )
+    kept = {k: record.get(k) for k in SAVED_RECORD_KEYS}
+    return savedstate.save(state, qmp_address(state, record), pid, fp, {"record": kept})
+
+
+def _ports(record: dict[str, Any]) -> dict[str, int]:
+    """The host ports in the command line, which a restore may change."""
+    names = ("ssh_port", "qmp_port", "qga_port")
+    return {name: record[name] for name in names if record.get(name)}
+
+
+def _base_files(record: dict[str, Any]) -> list[str]:
+    """What the guest reads but never writes: the base image, kernel, initrd, firmware."""
+    base = record["base"]
+    code = (record.get("firmware") or [None])[0]
+    return [p for p in (base["disk"], base["kernel"], base["initrd"], code) if p]
 
 
 def _stop(state: StateDir, pid: int | None, record: dict[str, Any] | None) -> str:
     how = "not running"
     if pid:
         with console.status("shutting the guest down"):
-            how = qemu.shutdown(pid, state.qmp_socket, str(state.root))
+            how = qemu.shutdown(pid, qmp_address(state, record or {}), str(state.root))
     _remove_transient(state, record)
     return how
 

@@ -63,11 +63,16 @@ def file_identity(path: str | Path | None) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def normalised_argv(argv: list[str], ssh_port: int) -> list[str]:
+def normalised_argv(argv: list[str], ports: dict[str, int]) -> list[str]:
     """QEMU's command line without what may change between a save and a restore: the
-    host's SSH port (any free port will do for the restored guest)."""
-    fwd = f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
-    return [a.replace(fwd, "hostfwd=tcp:127.0.0.1:PORT-:22") for a in argv]
+    host's TCP ports (SSH; QMP and the guest agent on Windows), any free one will do."""
+    out = []
+    for arg in argv:
+        for name, port in ports.items():
+            arg = arg.replace(f"127.0.0.1:{port}", f"127.0.0.1:<{name}>")
+            arg = re.sub(rf"\bport={port}\b", f"port=<{name}>", arg)
+        out.append(arg)
+    return out
 
 
 def qemu_version(qemu_bin: str) -> str:
@@ -80,11 +85,12 @@ def qemu_version(qemu_bin: str) -> str:
 
 
 def fingerprint(
-    argv: list[str], ssh_port: int, version: str, base_files: list[str], seed_id: str
+    argv: list[str], ports: dict[str, int], version: str, base_files: list[str], seed_id: str
 ) -> dict[str, Any]:
-    """Everything a saved state is bound to, as plain data to compare."""
+    """Everything a saved state is bound to, as plain data to compare. `base_files`:
+    the base image's disk, kernel, initrd and firmware code (read-only to the guest)."""
     return {
-        "argv": normalised_argv(argv, ssh_port),
+        "argv": normalised_argv(argv, ports),
         "qemu_version": version,
         "base_files": {str(p): file_identity(p) for p in base_files},
         "seed": seed_id,
@@ -126,6 +132,8 @@ def read(state: StateDir) -> tuple[dict[str, Any] | None, str | None]:
         return None, "the state file is truncated or was changed"
     if file_identity(state.disk) != meta.get("disk"):
         return None, "the disk changed since the state was saved"
+    if file_identity(state.efi_vars) != meta.get("efi_vars"):
+        return None, "the firmware's variables changed since the state was saved"
     return meta, None
 
 
@@ -150,11 +158,20 @@ def _partial_meta(state: StateDir) -> Path:
     return state.root / "saved-state.json.partial"
 
 
-def unmount_shares(state: StateDir, guest_paths: list[str]) -> None:
+def migration_uri(path: Path, version: str, write: bool) -> str:
+    """Where QEMU writes or reads the state: `file:` from QEMU 8.2 (also on Windows,
+    which has no `cat`), else `cat` through the shell that `exec:` runs."""
+    nums = re.findall(r"\d+", version)[:2]
+    if len(nums) == 2 and (int(nums[0]), int(nums[1])) >= (8, 2):
+        return f"file:{path}"
+    return f"exec:cat {'> ' if write else ''}{shlex.quote(str(path))}"
+
+
+def unmount_shares(qga: qemu.Address, guest_paths: list[str]) -> None:
     """Unmount the shares in the guest through its agent, so no 9p export is in use."""
     script = "sync; umount " + " ".join(shlex.quote(p) for p in guest_paths)
     try:
-        with qemu.guest_agent(state.qga_socket, timeout=5.0) as agent:
+        with qemu.guest_agent(qga, timeout=5.0) as agent:
             rc = agent.run(["/bin/sh", "-c", script], timeout=30.0)
     except qemu.GuestAgentError as e:
         raise SaveFailed(str(e)) from None
@@ -165,14 +182,14 @@ def unmount_shares(state: StateDir, guest_paths: list[str]) -> None:
         )
 
 
-def _migration_status(state: StateDir) -> dict[str, Any]:
-    return qemu.qmp(state.qmp_socket, "query-migrate").get("return", {})
+def _migration_status(qmp: qemu.Address) -> dict[str, Any]:
+    return qemu.qmp(qmp, "query-migrate").get("return", {})
 
 
-def _wait_migration(state: StateDir, timeout: float) -> None:
+def _wait_migration(qmp: qemu.Address, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = _migration_status(state)
+        info = _migration_status(qmp)
         status = info.get("status")
         if status == "completed":
             return
@@ -182,7 +199,14 @@ def _wait_migration(state: StateDir, timeout: float) -> None:
     raise RestoreFailed(f"the migration did not finish in {timeout:.0f} s")
 
 
-def save(state: StateDir, pid: int, fp: dict[str, Any], extra: dict, timeout: float = 300.0):
+def save(
+    state: StateDir,
+    qmp: qemu.Address,
+    pid: int,
+    fp: dict[str, Any],
+    extra: dict,
+    timeout: float = 300.0,
+) -> Saved:
     """Save the stopped guest of QEMU `pid` to the state dir and stop QEMU.
 
     The shares must be unmounted already. On failure the guest runs again and
@@ -192,30 +216,28 @@ def save(state: StateDir, pid: int, fp: dict[str, Any], extra: dict, timeout: fl
     tmp = _partial(state)
     discard(state)
     try:
-        qemu.qmp(
-            state.qmp_socket,
-            "migrate-set-parameters",
-            arguments={"max-bandwidth": UNLIMITED_BANDWIDTH},
-        )
-        qemu.qmp(state.qmp_socket, "stop")
-        reply = qemu.qmp(
-            state.qmp_socket, "migrate", arguments={"uri": f"exec:cat > {shlex.quote(str(tmp))}"}
-        )
+        params = {"max-bandwidth": UNLIMITED_BANDWIDTH}
+        qemu.qmp(qmp, "migrate-set-parameters", arguments=params)
+        qemu.qmp(qmp, "stop")
+        uri = migration_uri(tmp, fp["qemu_version"], write=True)
+        reply = qemu.qmp(qmp, "migrate", arguments={"uri": uri})
         if "error" in reply:
             raise RestoreFailed(reply["error"].get("desc", "migrate refused"))
-        _wait_migration(state, timeout)
+        _wait_migration(qmp, timeout)
     except (OSError, ValueError, RestoreFailed) as e:
         tmp.unlink(missing_ok=True)
         with contextlib.suppress(OSError, ValueError):
-            qemu.qmp(state.qmp_socket, "cont")
+            qemu.qmp(qmp, "cont")
         raise SaveFailed(str(e)) from None
     # The guest is stopped and its disk flushed; QEMU quits so nothing writes to it.
-    qemu.quit_now(pid, state.qmp_socket, str(state.root))
+    qemu.quit_now(pid, qmp, str(state.root))
     meta = {
         "format": FORMAT,
         "saved_at": time.time(),
         "state_bytes": tmp.stat().st_size,
         "disk": file_identity(state.disk),
+        # Firmware variables live on a flash drive: frozen and paired like the disk.
+        "efi_vars": file_identity(state.efi_vars),
         "fingerprint": fp,
         **extra,
     }
@@ -229,27 +251,27 @@ def save(state: StateDir, pid: int, fp: dict[str, Any], extra: dict, timeout: fl
 # --- restore ---------------------------------------------------------------------
 
 
-def restore(state: StateDir, timeout: float = 120.0) -> None:
+def restore(state: StateDir, qmp: qemu.Address, version: str, timeout: float = 120.0) -> None:
     """Load the saved state into a QEMU started with `-incoming defer -S`; the guest
     stays paused (`cont` runs it)."""
-    uri = f"exec:cat {shlex.quote(str(state.saved_state))}"
+    uri = migration_uri(state.saved_state, version, write=False)
     try:
-        reply = qemu.qmp(state.qmp_socket, "migrate-incoming", arguments={"uri": uri})
+        reply = qemu.qmp(qmp, "migrate-incoming", arguments={"uri": uri})
         if "error" in reply:
             raise RestoreFailed(reply["error"].get("desc", "migrate-incoming refused"))
-        _wait_migration(state, timeout)
+        _wait_migration(qmp, timeout)
     except (OSError, ValueError) as e:
         raise RestoreFailed(str(e)) from None
 
 
-def refresh_guest(state: StateDir, remount: str, timeout: float = 60.0) -> None:
+def refresh_guest(qga: qemu.Address, remount: str, timeout: float = 60.0) -> None:
     """After a restore: the guest's clock to the host's, fresh entropy, the shares
     mounted again (`remount`, shell). All through the guest agent, no SSH handshake;
     one process in the guest, since each costs 0.1-0.6 s under TCG."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            agent = qemu.guest_agent(state.qga_socket, timeout=5.0)
+            agent = qemu.guest_agent(qga, timeout=5.0)
             break
         except qemu.GuestAgentError as e:
             if time.monotonic() > deadline:

@@ -761,4 +761,5 @@ def test_built_image_kernel_prints_on_the_machines_serial_port(tmp_path, arch, c
     out.mkdir(parents=True)
     (out / "build.json").write_text("{}")  # cached: nothing is built
     image = images.build_debian_image("trixie", arch, "http://deb.example", tmp_path)
-    assert image.cmdline.endswith(f"console={console}")
+    assert f" console={console} " in f" {image.cmdline} "
+    assert "panic=1" in image.cmdline.split()  # a panicking guest reboots, not hangs

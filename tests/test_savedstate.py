@@ -14,12 +14,27 @@ ARGV = ["qemu", "-m", "2048M", "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:22
 
 
 def fp(argv=ARGV, port=2222, version="7.2.22", files=(), seed="iid-1") -> dict:
-    return savedstate.fingerprint(list(argv), port, version, list(files), seed)
+    return savedstate.fingerprint(list(argv), {"ssh": port}, version, list(files), seed)
 
 
 def test_the_ssh_port_is_not_part_of_the_guest() -> None:
     moved = [a.replace("2222", "2400") for a in ARGV]
     assert savedstate.difference(fp(), fp(argv=moved, port=2400)) is None
+
+
+def test_windows_qmp_and_agent_ports_are_not_part_of_the_guest_either() -> None:
+    def argv(qmp: int, qga: int) -> list[str]:
+        return [
+            "-qmp", f"tcp:127.0.0.1:{qmp},server=on,wait=off",
+            "-chardev", f"socket,id=qga0,host=127.0.0.1,port={qga},server=on,wait=off",
+            "-m", "2048M",
+        ]  # fmt: skip
+
+    old = savedstate.normalised_argv(argv(5000, 5001), {"qmp": 5000, "qga": 5001})
+    new = savedstate.normalised_argv(argv(6000, 6001), {"qmp": 6000, "qga": 6001})
+    assert old == new and "tcp:127.0.0.1:<qmp>,server=on,wait=off" in old
+    # A number that merely contains the port is left alone.
+    assert savedstate.normalised_argv(["-m", "50001M"], {"qga": 5000}) == ["-m", "50001M"]
 
 
 @pytest.mark.parametrize(
@@ -56,6 +71,7 @@ def _saved(tmp_path: Path) -> StateDir:
         "format": savedstate.FORMAT,
         "state_bytes": 100,
         "disk": savedstate.file_identity(state.disk),
+        "efi_vars": None,  # direct kernel boot: no firmware vars
         "fingerprint": fp(),
         "record": {},
     }
@@ -76,6 +92,7 @@ def test_no_saved_state_is_no_reason_to_warn(tmp_path: Path) -> None:
     ("damage", "says"),
     [
         (lambda s: s.disk.write_bytes(b"the disk moved on"), "the disk changed"),
+        (lambda s: s.efi_vars.write_bytes(b"boot entries"), "firmware's variables changed"),
         (lambda s: s.saved_state.write_bytes(b"x" * 10), "truncated"),
         (lambda s: s.saved_state.unlink(), "the state file is missing"),
         (lambda s: s.saved_meta.write_text("{not json"), "unreadable"),
@@ -106,3 +123,17 @@ def test_qemu_version_is_read_from_the_binary() -> None:
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"  # CI installs it
     assert savedstate.qemu_version(qemu)[0].isdigit()
     assert savedstate.qemu_version("/nonexistent/qemu") == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("version", "write", "uri"),
+    [
+        ("7.2.22", True, "exec:cat > '/s d/saved-state'"),
+        ("7.2.22", False, "exec:cat '/s d/saved-state'"),
+        ("8.1.5", False, "exec:cat '/s d/saved-state'"),
+        ("8.2.0", True, "file:/s d/saved-state"),  # QEMU for Windows has no cat
+        ("10.0.2", False, "file:/s d/saved-state"),
+    ],
+)
+def test_migration_uri_is_a_file_from_qemu_8_2(version: str, write: bool, uri: str) -> None:
+    assert savedstate.migration_uri(Path("/s d/saved-state"), version, write) == uri

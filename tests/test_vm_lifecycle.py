@@ -37,7 +37,8 @@ def test_cold_up_boots_with_tcg_and_reports_port_fallback(vm_session: VmEnv) -> 
     info = vm_session.status()
     assert info["running"] and info["accel"] == ("kvm" if kvm_usable else "tcg")
     assert info["ssh_port"] != 2222 or not vm_session.extra["port_was_held"]
-    assert info["fs_mode"] in ("virtiofs", "9p")
+    # 9p unless asked: a 9p guest can be saved by vm.down and resumed by vm.up.
+    assert info["fs_mode"] == "9p"
 
 
 def test_warm_up_reuses_the_running_vm(vm: VmEnv) -> None:
@@ -175,8 +176,13 @@ def test_cleanup_after_qemu_is_killed(vm: VmEnv) -> None:
 def test_recreate_boots_a_fresh_disk(vm: VmEnv) -> None:
     before = vm.status()
     vm.invoke("vm.ssh", "--", "touch", "/home/dev/old-disk-marker")
+    # Saved first: --recreate drops the saved guest with the disk.
+    assert "saved (" in vm.invoke("vm.down").stdout
+    assert (vm.state_dir / "saved-state").exists()
     out = vm.invoke("vm.up", "--recreate")
     assert out.returncode == 0, out.stderr
+    assert "resumed" not in out.stderr and "is up after" in out.stderr
+    assert not list(vm.state_dir.glob("saved-state*"))
     after = vm.status()
     assert after["running"] and after["pid"] != before["pid"]
     gone = vm.invoke("vm.ssh", "--", "test", "-e", "/home/dev/old-disk-marker")
@@ -188,7 +194,7 @@ def test_down_then_status(vm: VmEnv) -> None:
     pid = vm.status()["pid"]
     out = vm.invoke("vm.down")
     assert out.returncode == 0, out.stderr
-    assert "stopped" in out.stdout
+    assert "saved (" in out.stdout and "the next vm.up resumes it" in out.stdout
     status = vm.invoke("vm.status", "--json")
     assert status.returncode == 3
     assert json.loads(status.stdout)["running"] is False
@@ -207,11 +213,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_two_concurrent_ups_boot_one_9p_vm(tmp_path) -> None:
-    # A second VM, booted because this test is about booting: with 9p (the fallback
-    # when no virtiofsd is usable), and raced by two `vm.up` at once (SPEC 9.12).
+def test_two_concurrent_ups_boot_one_virtiofs_vm_that_down_cannot_save(tmp_path) -> None:
+    # A second VM, booted because this test is about booting: with virtiofs (the shared
+    # VM has 9p, the default), and raced by two `vm.up` at once (SPEC 9.12).
     project = make_project(tmp_path / "p")
-    env = VmEnv(project, vm_env(project, name="ninep", QEMU_VM_FS="9p"))
+    env = VmEnv(project, vm_env(project, name="vfs", QEMU_VM_FS="virtiofs"))
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "invoke", "vm.up"],
@@ -227,9 +233,9 @@ def test_two_concurrent_ups_boot_one_9p_vm(tmp_path) -> None:
         reused = [out for out, _err in outs if "is running" in out]
         assert len(booted) == 1 and len(reused) == 1, outs
         info = env.status()
-        assert info["fs_mode"] == "9p"
+        assert info["fs_mode"] == "virtiofs"
         script = (
-            "mount | grep -c ' type 9p '; echo hi > /work/ninep.txt; "
+            "mount | grep -c ' type virtiofs '; echo hi > /work/ninep.txt; "
             "sudo touch /app/nope 2>&1; cat /app/tasks.py | head -1"
         )
         out = env.invoke("vm.ssh", "--", "sh", "-c", script)
@@ -237,6 +243,10 @@ def test_two_concurrent_ups_boot_one_9p_vm(tmp_path) -> None:
         assert "Read-only file system" in out.stdout
         assert (env.work_dir / "ninep.txt").read_text() == "hi\n"
         assert not (project / "nope").exists()
+        # vhost-user-fs cannot be migrated: the guest is shut down, and says why.
+        down = env.invoke("vm.down", timeout=120)
+        assert "not saved: its shares are virtiofs" in down.stdout, down.stdout
+        assert not list(env.state_dir.glob("saved-state*"))
     finally:
         env.invoke("vm.down", timeout=120)
 
