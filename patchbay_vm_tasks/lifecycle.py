@@ -104,6 +104,7 @@ def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> V
             pid = None
         if pid and record:
             _check_same_arch(settings, record)
+            _check_same_fs_mode(settings, record)
             _check_same_mounts(settings, record)
             if _answers_without_ssh(settings, state, record):
                 # The connection opens (one handshake) only when a task sends a command.
@@ -166,6 +167,15 @@ def _control_ports() -> dict[str, int]:
     if sys.platform != "win32":
         return {}
     return {"qmp_port": qemu.free_port(), "qga_port": qemu.free_port()}
+
+
+def _check_same_fs_mode(settings: VmSettings, record: dict[str, Any]) -> None:
+    asked, running = str(settings.fs_mode), record.get("fs_mode")
+    if asked != "auto" and asked != running:
+        raise UsageError(
+            f"VM {settings.name} runs with fs mode {running} and QEMU_VM_FS asks for {asked}; "
+            f"run again with --recreate to restart it so, or `vm.down` first"
+        )
 
 
 def _check_same_arch(settings: VmSettings, record: dict[str, Any]) -> None:

@@ -119,6 +119,11 @@ def test_up_with_other_paths_is_refused(vm: VmEnv) -> None:
     assert "--recreate" in out.stderr
     assert "/work: running with" in out.stderr
     assert not (vm.project / "elsewhere").exists()
+    # Another fs mode asked for explicitly: refused the same way, nothing restarted.
+    pid = vm.status()["pid"]
+    out = vm.invoke("vm.up", QEMU_VM_FS="none")
+    assert out.returncode == 2 and "fs mode 9p" in out.stderr and "--recreate" in out.stderr
+    assert vm.status()["pid"] == pid
 
 
 def test_explicit_busy_port_is_an_error(tmp_path) -> None:
