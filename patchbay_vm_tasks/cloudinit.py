@@ -16,7 +16,6 @@ import string
 from collections.abc import Mapping
 from pathlib import Path
 
-import pycdlib
 import yaml
 
 from .errors import UsageError
@@ -66,6 +65,8 @@ def render_seed(templates: Path, values: Mapping[str, str | int]) -> dict[str, s
 
 def write_seed_iso(seed: Mapping[str, str], path: Path) -> None:
     """Write the NoCloud seed ISO (volume id `cidata`), atomically."""
+    import pycdlib  # only when a seed is written or read, not at every task's start
+
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     for name, text in seed.items():
@@ -82,6 +83,8 @@ def write_seed_iso(seed: Mapping[str, str], path: Path) -> None:
 
 def read_seed_iso(path: Path) -> dict[str, str]:
     """The files of a seed ISO by their Rock Ridge names (for tests and `status`)."""
+    import pycdlib
+
     iso = pycdlib.PyCdlib()
     iso.open(str(path))
     try:

@@ -13,8 +13,7 @@ from .. import binaries, lifecycle, runner, settings, simfiles, simrun, sync, wo
 from ..errors import UsageError
 from ..simcore.durations import parse_duration
 from ..ui import say
-from ..viewer.junit import write_sim_junit
-from ..viewer.server import DEFAULT_BIND
+from ..viewer import DEFAULT_BIND
 from . import view
 from .common import remainder, task_errors
 
@@ -105,6 +104,8 @@ def run(
         say(f"runner exited with {code} after {took:.1f} s; results in {s.work_dir}")
         print(simfiles.format_summary(simfiles.summarize_results(s.work_dir)))
         if junit:
+            from ..viewer.junit import write_sim_junit  # xml: loaded only when asked
+
             say(f"JUnit report: {write_sim_junit(s.work_dir, Path(junit))}")
         for old in workdir.prune_runs(s.work_dir, s.keep_runs):
             say(f"removed old run {old.name} (keeping {s.keep_runs}; vm.keep_runs)")

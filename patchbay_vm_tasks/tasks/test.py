@@ -12,7 +12,6 @@ from invoke import Collection, Context, Exit, Task, task
 from .. import cargo, guest, lifecycle, settings, sync, testrun
 from ..errors import UsageError
 from ..ui import say
-from ..viewer.junit import TestBinaryRun, test_run_junit_xml
 from .common import remainder, task_errors
 
 
@@ -149,6 +148,8 @@ def timed_out(exit_code: int, elapsed: float, limit: tuple[str, float] | None) -
 
 
 def write_test_junit(results: list, out: Path) -> Path:
+    from ..viewer.junit import TestBinaryRun, test_run_junit_xml  # xml: only when asked
+
     runs = [TestBinaryRun(r.name, r.exit_code, r.output, r.seconds) for r in results]
     out.write_text(test_run_junit_xml(runs), encoding="utf-8")
     return out

@@ -7,19 +7,26 @@ from __future__ import annotations
 
 import webbrowser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoke import Context, task
 
 from .. import settings
 from ..errors import UsageError
 from ..ui import say
-from ..viewer import report as report_mod
-from ..viewer import server as server_mod
+from ..viewer import DEFAULT_BIND
 from .common import task_errors
 
+if TYPE_CHECKING:
+    from ..viewer.server import ViewerServer
 
-def start_viewer(work_dir: Path, bind: str, open_browser: bool) -> server_mod.ViewerServer:
+# The server and report modules load when a viewer task runs, not with every task.
+
+
+def start_viewer(work_dir: Path, bind: str, open_browser: bool) -> ViewerServer:
     """A running viewer in a background thread (also for `sim.run --open`)."""
+    from ..viewer import server as server_mod
+
     try:
         srv = server_mod.serve_in_thread(work_dir, bind)
     except ValueError as e:
@@ -32,7 +39,7 @@ def start_viewer(work_dir: Path, bind: str, open_browser: bool) -> server_mod.Vi
     return srv
 
 
-def serve_until_interrupted(srv: server_mod.ViewerServer, interrupted: bool = False) -> None:
+def serve_until_interrupted(srv: ViewerServer, interrupted: bool = False) -> None:
     """Keep serving until Ctrl-C (at once when the run before was interrupted), then stop."""
     try:
         if not interrupted:
@@ -53,7 +60,7 @@ def serve_until_interrupted(srv: server_mod.ViewerServer, interrupted: bool = Fa
     },
 )
 def serve(
-    c: Context, work_dir: str | None = None, bind: str = server_mod.DEFAULT_BIND, open: bool = False
+    c: Context, work_dir: str | None = None, bind: str = DEFAULT_BIND, open: bool = False
 ) -> None:
     """Serve the results viewer over the work dir until Ctrl-C."""
     with task_errors():
@@ -75,6 +82,8 @@ def report(
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
         try:
+            from ..viewer import report as report_mod
+
             out = report_mod.write_report(s.work_dir, Path(output), invocation)
         except report_mod.ReportError as e:
             raise UsageError(str(e)) from None

@@ -12,9 +12,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from . import DEFAULT_BIND
 from .api import Api, Response
-
-DEFAULT_BIND = "127.0.0.1:7421"
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
