@@ -20,13 +20,14 @@ if (Path(__file__).resolve().parent / "benchmarks" / "vm_speed.py").is_file():
             "cold_runs": "Cold first boots of a new VM (default 3).",
             "stage_mb": "MB staged into /work and read in the guest (default 200).",
             "label": "Name for the JSON file in benchmarks/results/ (e.g. before, after).",
-            "fs": "fs modes to stage with, comma-separated (default virtiofs,9p).",
+            "fs": "fs modes to stage with, comma-separated (default 9p,virtiofs); the first "
+            "also gets the boot, resume and command cases.",
             "port": "First SSH port of the benchmark VMs (default 2501).",
             "keep": "Leave the benchmark VMs running.",
         }
     )
     def run(
-        c, runs=5, cold_runs=3, stage_mb=200, label="", fs="virtiofs,9p", port=2501, keep=False
+        c, runs=5, cold_runs=3, stage_mb=200, label="", fs="9p,virtiofs", port=2501, keep=False
     ):
         """Time cold and warm ups, guest commands, staging; the Rust protocol beside them."""
         from benchmarks import vm_speed

@@ -309,7 +309,7 @@ def run(
     label: str = "",
     scratch: Path | None = None,
     port: int = 2501,
-    fs_modes: tuple[str, ...] = ("virtiofs", "9p"),
+    fs_modes: tuple[str, ...] = ("9p", "virtiofs"),
     keep: bool = False,
 ) -> Path:
     """Run every case; print the table; write the JSON file and return its path."""
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stage-mb", type=int, default=200)
     p.add_argument("--label", default="")
     p.add_argument("--port", type=int, default=2501)
-    p.add_argument("--fs", default="virtiofs,9p", help="fs modes to stage with, in order")
+    p.add_argument("--fs", default="9p,virtiofs", help="fs modes to stage with, in order")
     p.add_argument("--keep", action="store_true", help="leave the VMs running")
     a = p.parse_args(argv)
     run(a.runs, a.cold_runs, a.stage_mb, a.label, None, a.port, tuple(a.fs.split(",")), a.keep)
