@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from patchbay_vm_tasks import lifecycle
+from patchbay_vm_tasks import ports
 from patchbay_vm_tasks.errors import VmUnavailable
 
 
@@ -45,10 +45,10 @@ def test_time_wait_does_not_make_a_port_busy() -> None:
     port = time_wait_port()
     # The old probe (a plain bind) called this port busy for a minute after `vm.down`.
     assert plain_bind_fails(port), "the test did not manage to leave a TIME_WAIT socket"
-    assert lifecycle.port_is_free(port)
+    assert ports.port_is_free(port)
     # ... so an explicit port is kept, and the default one is reused, at once.
-    assert lifecycle.pick_ssh_port(port, explicit=True) == port
-    assert lifecycle.pick_ssh_port(port, explicit=False) == port
+    assert ports.pick_ssh_port(port, explicit=True) == port
+    assert ports.pick_ssh_port(port, explicit=False) == port
 
 
 @pytest.mark.parametrize("reuse", [False, True])
@@ -59,11 +59,11 @@ def test_a_listening_port_is_busy(reuse: bool) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         port = s.getsockname()[1]
-        assert not lifecycle.port_is_free(port)
+        assert not ports.port_is_free(port)
         with pytest.raises(VmUnavailable, match=f"SSH port {port} .* is in use"):
-            lifecycle.pick_ssh_port(port, explicit=True)
-        other = lifecycle.pick_ssh_port(port, explicit=False)
-        assert other != port and lifecycle.port_is_free(other)
+            ports.pick_ssh_port(port, explicit=True)
+        other = ports.pick_ssh_port(port, explicit=False)
+        assert other != port and ports.port_is_free(other)
 
 
 def test_default_port_taken_reuses_the_last_sessions_port() -> None:
@@ -72,4 +72,4 @@ def test_default_port_taken_reuses_the_last_sessions_port() -> None:
         busy.listen(1)
         taken = busy.getsockname()[1]
         previous = time_wait_port()
-        assert lifecycle.pick_ssh_port(taken, explicit=False, previous=previous) == previous
+        assert ports.pick_ssh_port(taken, explicit=False, previous=previous) == previous

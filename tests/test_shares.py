@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import guest, lifecycle, shares
+from patchbay_vm_tasks import guest, lifecycle, ports, shares
 from patchbay_vm_tasks.errors import VmUnavailable
 from patchbay_vm_tasks.qemu import Share
 
@@ -105,11 +105,11 @@ def test_free_default_port_is_kept_and_busy_one_replaced() -> None:
         held.bind(("127.0.0.1", 0))
         held.listen(1)
         busy = held.getsockname()[1]
-        other = lifecycle.pick_ssh_port(busy, explicit=False)
-        assert other != busy and lifecycle.port_is_free(other)
+        other = ports.pick_ssh_port(busy, explicit=False)
+        assert other != busy and ports.port_is_free(other)
         with pytest.raises(VmUnavailable, match=f"SSH port {busy} .* is in use"):
-            lifecycle.pick_ssh_port(busy, explicit=True)
-    assert lifecycle.pick_ssh_port(other, explicit=True) == other
+            ports.pick_ssh_port(busy, explicit=True)
+    assert ports.pick_ssh_port(other, explicit=True) == other
 
 
 def test_a_lost_guest_is_a_transport_error_not_a_failed_command(tmp_path) -> None:

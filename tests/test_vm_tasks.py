@@ -17,7 +17,7 @@ from pathlib import Path
 import invoke
 import pytest
 
-from patchbay_vm_tasks import cli, guest, lifecycle, settings
+from patchbay_vm_tasks import cli, guest, guestcopy, settings
 from patchbay_vm_tasks.errors import UsageError
 from patchbay_vm_tasks.tasks import namespace
 
@@ -225,7 +225,7 @@ def test_ssh_config_of_a_running_vm_is_read_by_openssh(fake_running_vm, tmp_path
 
 
 def test_ssh_config_quotes_paths_with_spaces() -> None:
-    text = lifecycle.ssh_config_text(
+    text = guestcopy.ssh_config_text(
         "v", 2222, "dev", Path("/my dir/id_ed25519"), Path("/my dir/known_hosts")
     )
     assert '  IdentityFile "/my dir/id_ed25519"\n' in text
@@ -247,16 +247,16 @@ def test_ssh_config_and_cp_need_a_running_vm(tmp_path) -> None:
 def test_plan_copy_both_ways(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     Path("a.txt").write_text("a")
-    put = lifecycle.plan_copy("a.txt", "guest:/tmp/")
+    put = guestcopy.plan_copy("a.txt", "guest:/tmp/")
     assert (put.direction, put.local, put.remote) == (
-        lifecycle.Direction.TO_GUEST,
+        guestcopy.Direction.TO_GUEST,
         Path("a.txt"),
         "/tmp/",
     )
-    assert lifecycle.plan_copy("a.txt", "guest:~/x").remote == "x"  # SFTP starts at home
-    assert lifecycle.plan_copy("a.txt", "guest:").remote == ""
-    get = lifecycle.plan_copy("guest:/etc/os-release", "out/")
-    assert (get.direction, get.remote) == (lifecycle.Direction.FROM_GUEST, "/etc/os-release")
+    assert guestcopy.plan_copy("a.txt", "guest:~/x").remote == "x"  # SFTP starts at home
+    assert guestcopy.plan_copy("a.txt", "guest:").remote == ""
+    get = guestcopy.plan_copy("guest:/etc/os-release", "out/")
+    assert (get.direction, get.remote) == (guestcopy.Direction.FROM_GUEST, "/etc/os-release")
 
 
 @pytest.mark.parametrize(
@@ -274,7 +274,7 @@ def test_plan_copy_refusals(tmp_path, monkeypatch, src, dst, message) -> None:
     Path("a.txt").write_text("a")
     Path("folder").mkdir()
     with pytest.raises(UsageError) as e:
-        lifecycle.plan_copy(src, dst)
+        guestcopy.plan_copy(src, dst)
     assert message in str(e.value) and e.value.exit_code == 2
 
 

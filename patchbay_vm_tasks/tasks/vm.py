@@ -8,7 +8,7 @@ import shutil
 
 from invoke import Collection, Context, Exit, task
 
-from .. import guest, lifecycle, settings, shares
+from .. import guest, guestcopy, lifecycle, runtime, settings, shares
 from .common import remainder, task_errors
 
 # `vm.status` exit code when the VM is not running (as LSB's "program is not running").
@@ -85,7 +85,7 @@ def ssh(c: Context) -> None:
 
 def _interactive_shell(s: settings.VmSettings, record: dict) -> None:
     """Replace this process with a terminal session in the guest."""
-    state = lifecycle.state_of(s)
+    state = runtime.state_of(s)
     ssh_bin = shutil.which("ssh")
     if ssh_bin:
         # The OpenSSH client gives a real terminal; same pinned key, same strictness.
@@ -111,7 +111,7 @@ def _interactive_shell(s: settings.VmSettings, record: dict) -> None:
 def ssh_config(c: Context) -> None:
     """Print an OpenSSH Host block for the running VM (use with ssh/scp/rsync -F FILE NAME)."""
     with task_errors():
-        print(lifecycle.ssh_config(settings.from_context(c)), end="")
+        print(guestcopy.ssh_config(settings.from_context(c)), end="")
 
 
 @task(
@@ -125,10 +125,10 @@ def cp(c: Context, src: str, dst: str) -> None:
     """Copy one file between host and guest over SFTP: `vm.cp a.txt guest:/tmp/`."""
     with task_errors():
         s = settings.from_context(c)
-        plan = lifecycle.plan_copy(src, dst)
+        plan = guestcopy.plan_copy(src, dst)
         vm = lifecycle.require_running(s)
         try:
-            print(lifecycle.copy(vm.conn, plan))
+            print(guestcopy.copy(vm.conn, plan))
         finally:
             vm.close()
 
