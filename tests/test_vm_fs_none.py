@@ -225,3 +225,20 @@ def test_ctrl_c_still_brings_the_results_home(fsnone: VmEnv) -> None:
     run = fsnone.work_dir / "latest"
     assert json.loads((run / "progress.json").read_text())["interrupted"] is True
     assert (run / "long" / "events.jsonl").is_file()
+
+
+def test_down_and_up_resume_with_the_copied_files_in_place(fsnone: VmEnv) -> None:
+    # No shares: nothing to unmount, so a guest without them is saved too, and the
+    # copies it holds are still there after the resume (nothing is sent again).
+    down = fsnone.invoke("vm.down")
+    assert down.returncode == 0 and "saved (" in down.stdout, down.stdout + down.stderr
+    started = time.monotonic()
+    up = fsnone.invoke("vm.up")
+    TIMINGS["fs none: cold vm.up resuming (s)"] = round(time.monotonic() - started, 1)
+    assert up.returncode == 0 and f"VM {NAME} resumed after" in up.stderr, up.stderr
+    out = fsnone.invoke(
+        "sim.run", "--file", "sims/iperf-baseline.toml", "--patchbay-version", "builtin"
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert _copied(COPIED_IN, out.stderr)[0] == 0, out.stderr
+    assert _copied(COPIED_OUT, out.stderr)[0] >= 5, out.stderr
