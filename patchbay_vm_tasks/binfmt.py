@@ -9,6 +9,7 @@ does it): the tool only detects what is missing and prints the commands.
 from __future__ import annotations
 
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,10 +85,16 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
-def require(arch: str, **env) -> None:
+def require(arch: str, which=shutil.which, **env) -> None:
     """VmUnavailable with the commands to run when `arch` binaries cannot run here."""
     state = check(arch, **env)
     if state.ready:
+        if arch != host_debian_arch(env.get("host_machine")) and which("arch-test") is None:
+            # mmdebstrap checks a foreign arch with it before building ("install arch-test").
+            raise VmUnavailable(
+                f"building an {arch} guest needs arch-test, which mmdebstrap uses to check "
+                f"that {arch} programs run here:\n  sudo apt-get install arch-test"
+            )
         return
     steps = "\n".join(f"  {cmd}" for cmd in state.commands)
     raise VmUnavailable(

@@ -763,3 +763,11 @@ def test_built_image_kernel_prints_on_the_machines_serial_port(tmp_path, arch, c
     image = images.build_debian_image("trixie", arch, "http://deb.example", tmp_path)
     assert f" console={console} " in f" {image.cmdline} "
     assert "panic=1" in image.cmdline.split()  # a panicking guest reboots, not hangs
+
+
+def test_a_foreign_arch_build_without_arch_test_says_what_to_install(tmp_path: Path) -> None:
+    env = binfmt_fs(tmp_path, entry=ENTRY_F)
+    binfmt.require("arm64", which=lambda name: f"/usr/bin/{name}", **env)  # all there
+    with pytest.raises(VmUnavailable, match="sudo apt-get install arch-test"):
+        binfmt.require("arm64", which=lambda name: None, **env)
+    binfmt.require("amd64", which=lambda name: None, **env)  # the host's own arch
