@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import corpus_path
-from vmfixtures import REPO, TIMINGS, VmEnv
+from vmfixtures import LONG_SIM, REPO, TIMINGS, VmEnv
 
 pytestmark = pytest.mark.vm
 
@@ -209,26 +209,6 @@ action = "wait-for"
 id = "server"
 """
 
-LONG = """
-[sim]
-name = "long"
-
-[[router]]
-name = "dc"
-[device.a.eth0]
-gateway = "dc"
-
-[[step]]
-action = "spawn"
-id = "sleeper"
-device = "a"
-cmd = ["sleep", "300"]
-
-[[step]]
-action = "wait"
-duration = "2m"
-"""
-
 
 def _write(vm: VmEnv, name: str, text: str) -> str:
     path = vm.project / "sims" / "builtin" / f"{name}.toml"
@@ -397,7 +377,7 @@ def _read_until(proc: subprocess.Popen, needle: str, timeout: float = 180) -> li
 
 
 def test_ctrl_c_reaches_the_guest_runner(vm: VmEnv) -> None:
-    sim = _write(vm, "long", LONG)
+    sim = _write(vm, "long", LONG_SIM)
     proc = _start(vm, "sim.run", "--patchbay-version", "builtin", "--file", sim)
     _read_until(proc, "step 0 sleeper spawn a ok")
     proc.send_signal(signal.SIGINT)
@@ -410,7 +390,7 @@ def test_ctrl_c_reaches_the_guest_runner(vm: VmEnv) -> None:
 
 
 def test_timeout_fails_the_sim_and_cleans_up(vm: VmEnv) -> None:
-    sim = _write(vm, "long", LONG)
+    sim = _write(vm, "long", LONG_SIM)
     out = vm.invoke("sim.run", "--patchbay-version", "builtin", "--file", sim, "--timeout", "5s")
     assert out.returncode == 1, out.stdout + out.stderr
     run = vm.work_dir / _run_folder(out)

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from vmfixtures import TIMINGS, VmEnv, make_project, vm_env
+from vmfixtures import LONG_SIM, TIMINGS, VmEnv, make_project, vm_env
 
 pytestmark = pytest.mark.vm
 
@@ -38,26 +38,6 @@ action = "run"
 id = "bad"
 device = "client"
 cmd = ["sh", "-c", "exit 7"]
-"""
-
-LONG_SIM = """
-[sim]
-name = "long"
-
-[[router]]
-name = "dc"
-[device.a.eth0]
-gateway = "dc"
-
-[[step]]
-action = "spawn"
-id = "sleeper"
-device = "a"
-cmd = ["sleep", "300"]
-
-[[step]]
-action = "wait"
-duration = "2m"
 """
 
 

@@ -20,6 +20,28 @@ SHARED = REPO.parent / "shared"
 VM_NAME = "pbtest"
 TIMINGS: dict[str, float] = {}
 
+# A sim that runs for minutes (a process outliving its spawn, then a long wait): for
+# Ctrl-C and timeout tests.
+LONG_SIM = """
+[sim]
+name = "long"
+
+[[router]]
+name = "dc"
+[device.a.eth0]
+gateway = "dc"
+
+[[step]]
+action = "spawn"
+id = "sleeper"
+device = "a"
+cmd = ["sleep", "300"]
+
+[[step]]
+action = "wait"
+duration = "2m"
+"""
+
 
 @dataclass
 class VmEnv:
