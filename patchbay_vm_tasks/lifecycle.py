@@ -85,7 +85,11 @@ def _answers_without_ssh(settings: VmSettings, state: StateDir, record: dict[str
         ):
             return False
         with qemu.guest_agent(runtime.qga_address(state, record)) as agent:
-            return agent.run(shares.mounted_check_argv(settings.mounts())) == 0
+            if record.get("fs_mode") == shares.NO_SHARES:
+                agent.read_file(shares.COPIED_MARK)  # made at boot; raises when absent
+                return True
+            table = agent.read_file("/proc/self/mounts").decode(errors="replace")
+            return shares.all_mounted(table, settings.mounts())
     except (OSError, ValueError, qemu.GuestAgentError):
         return False
 

@@ -6,6 +6,7 @@ guest arch: see `build_argv`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -668,6 +669,21 @@ class _GuestAgent:
             return self._receive()
         except (OSError, ValueError) as e:
             raise GuestAgentError(f"{command}: {e}") from None
+
+    def read_file(self, path: str, limit: int = 1 << 20) -> bytes:
+        """A guest file's bytes, read by the agent itself: no process started in the
+        guest (each costs 0.1-0.6 s under TCG). GuestAgentError when it cannot be read."""
+        handle = self.call("guest-file-open", path=path, mode="r")
+        data = b""
+        try:
+            while len(data) < limit:
+                chunk = self.call("guest-file-read", handle=handle, count=65536)
+                data += base64.b64decode(chunk.get("buf-b64", ""))
+                if chunk.get("eof") or not chunk.get("count"):
+                    break
+        finally:
+            self.call("guest-file-close", handle=handle)
+        return data
 
     def run(self, argv: list[str], timeout: float = 5.0) -> int:
         """Run `argv` in the guest (as root, no shell); its exit code."""

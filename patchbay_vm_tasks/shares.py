@@ -243,8 +243,12 @@ def copied_folders_script(mounts: list[tuple[str, Path, str]], user: str) -> str
     return "\n".join(lines)
 
 
-def mounted_check_argv(mounts: list[tuple[str, Path, str]]) -> list[str]:
-    """A guest command that exits 0 when every share is mounted (run by the guest agent),
-    or, on a guest booted without shares (fs mode none), when its folders were made."""
-    test = " && ".join(f"mountpoint -q {shlex.quote(guest)}" for guest, _h, _a in mounts)
-    return ["/bin/sh", "-c", f"test -e {COPIED_MARK} || {{ {test}; }}"]
+def all_mounted(mount_table: str, mounts: list[tuple[str, Path, str]]) -> bool:
+    """Whether the guest's mount table (the text of /proc/self/mounts, which the guest
+    agent reads without starting a process) lists every share's guest path."""
+    points = set()
+    for line in mount_table.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            points.add(fields[1].replace("\\040", " "))  # the kernel escapes spaces
+    return all(guest in points for guest, _h, _a in mounts)

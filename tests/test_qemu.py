@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -165,6 +166,7 @@ def _fake_agent(path: Path, stale: bytes = b"") -> threading.Thread:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen(1)
+    sent = [0]  # bytes of the file read so far
 
     def serve() -> None:
         conn, _ = server.accept()
@@ -173,11 +175,20 @@ def _fake_agent(path: Path, stale: bytes = b"") -> threading.Thread:
             for line in f:
                 msg = json.loads(line)
                 cmd, args = msg["execute"], msg.get("arguments", {})
+                if cmd == "guest-file-read":  # 70000 bytes of "m", in two reads
+                    left = 70000 - sent[0]
+                    n = min(left, args["count"])
+                    sent[0] += n
+                    file = {"count": n, "buf-b64": base64.b64encode(b"m" * n).decode(),
+                            "eof": left == n}  # fmt: skip
                 answer = {
                     "guest-sync": args.get("id"),
                     "guest-ping": {},
                     "guest-exec": {"pid": 42},
                     "guest-exec-status": {"exited": True, "exitcode": 3},
+                    "guest-file-open": 7,
+                    "guest-file-read": file if cmd == "guest-file-read" else None,
+                    "guest-file-close": {},
                 }[cmd]
                 f.write(json.dumps({"return": answer}).encode() + b"\n")
                 f.flush()
@@ -194,6 +205,8 @@ def test_guest_agent_skips_stale_answers_and_runs_commands(tmp_path: Path) -> No
     with qemu.guest_agent(sock) as agent:
         assert agent.call("guest-ping") == {}
         assert agent.run(["/bin/sh", "-c", "exit 3"]) == 3
+        # Read by the agent itself, in pieces, until it says eof.
+        assert agent.read_file("/proc/self/mounts") == b"m" * 70000
 
 
 def test_guest_agent_that_does_not_answer_is_an_error(tmp_path: Path) -> None:
