@@ -64,8 +64,7 @@ def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> runtim
     )
     for _guest, host, _access in settings.mounts():
         host.mkdir(parents=True, exist_ok=True)
-    client_key = keys.ensure_keypair(state.key, f"patchbay-vm-{settings.name}")
-    host_key = keys.ensure_keypair(state.host_key, f"root@{settings.name}")
+    client_key, host_key = keypairs(settings, state)
     seed_id = write_seed(settings, state, client_key, host_key)
     ensure_disk(settings, state, base)
     # Before anything starts: missing firmware is said first.
@@ -297,6 +296,13 @@ def _shows_life(state: StateDir) -> bool:
                 return True
         time.sleep(0.5)
     return False
+
+
+def keypairs(settings: VmSettings, state: StateDir) -> tuple[keys.KeyPair, keys.KeyPair]:
+    """The VM's client key and its guest host key, made on its first boot."""
+    client = keys.ensure_keypair(state.key, f"patchbay-vm-{settings.name}")
+    host = keys.ensure_keypair(state.host_key, f"root@{settings.name}")
+    return client, host
 
 
 def write_seed(

@@ -279,6 +279,19 @@ def build_argv(spec: QemuSpec) -> list[str]:
     return argv
 
 
+def version(qemu_bin: str) -> str:
+    """`QEMU emulator version 7.2.19 (...)` -> `7.2.19`; "" when it cannot be told."""
+    try:
+        out = subprocess.run(
+            [qemu_bin, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    first = out.splitlines()[0] if out else ""
+    words = first.split()
+    return words[3] if len(words) > 3 and words[2] == "version" else first.strip()
+
+
 # --- accelerator -----------------------------------------------------------------
 
 

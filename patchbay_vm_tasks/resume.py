@@ -52,7 +52,7 @@ def base_from_record(data: dict[str, Any]) -> BaseImage:
 
 def _fingerprint(settings: VmSettings, spec: qemu.QemuSpec, record: dict[str, Any]) -> dict:
     argv = qemu.build_argv(dataclasses.replace(spec, extra=()))
-    version = savedstate.qemu_version(settings.qemu_bin)
+    version = qemu.version(settings.qemu_bin)
     return savedstate.fingerprint(
         argv, _ports(record), version, _base_files(record), record["seed_id"]
     )
@@ -95,8 +95,7 @@ def resume(settings: VmSettings, state: StateDir) -> runtime.Vm | None:
     base = base_from_record(saved["base"])
     share_list = shares.make_shares(settings.mounts(), record["fs_mode"], state.root)
     if why is None:
-        client_key = keys.ensure_keypair(state.key, f"patchbay-vm-{settings.name}")
-        host_key = keys.ensure_keypair(state.host_key, f"root@{settings.name}")
+        client_key, host_key = boot.keypairs(settings, state)
         _, record["seed_id"] = boot.render_seed(settings, client_key, host_key)
         record["ssh_port"] = ports.pick_ssh_port(
             settings.ssh_port, settings.ssh_port_explicit, state.read_last_port()
@@ -164,7 +163,7 @@ def save_guest(state: StateDir, pid: int, record: dict[str, Any]) -> savedstate.
     argv = record["qemu_argv"]
     if tuple(argv[-len(RESUME_ARGS) :]) == RESUME_ARGS:
         argv = argv[: -len(RESUME_ARGS)]  # a resumed guest: its hardware without them
-    version = savedstate.qemu_version(argv[0])
+    version = qemu.version(argv[0])
     fp = savedstate.fingerprint(
         argv, _ports(record), version, _base_files(record), record["seed_id"]
     )

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,15 +72,6 @@ def normalised_argv(argv: list[str], ports: dict[str, int]) -> list[str]:
             arg = re.sub(rf"\bport={port}\b", f"port=<{name}>", arg)
         out.append(arg)
     return out
-
-
-def qemu_version(qemu_bin: str) -> str:
-    try:
-        out = subprocess.run([qemu_bin, "--version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    m = re.search(r"version (\S+)", out.stdout)
-    return m.group(1) if m else out.stdout.strip()[:80]
 
 
 def fingerprint(

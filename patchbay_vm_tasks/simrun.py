@@ -15,7 +15,6 @@ import os
 import secrets
 import shlex
 import signal
-import subprocess
 import threading
 from collections.abc import Sequence
 
@@ -87,16 +86,3 @@ def _interrupt_remote(conn: invoke.Context, run_id: str) -> None:
         guest.run_argv(conn, interrupt_script(run_id), sudo=True, hide=True, in_stream=False)
     except VmUnavailable as exc:
         warn(f"could not reach the guest to stop the runner: {exc}")
-
-
-def qemu_version(qemu_bin: str) -> str:
-    """`QEMU emulator version 7.2.19 (...)` -> `7.2.19`; "" when it cannot be told."""
-    try:
-        out = subprocess.run(
-            [qemu_bin, "--version"], capture_output=True, text=True, timeout=10
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    first = out.splitlines()[0] if out else ""
-    words = first.split()
-    return words[3] if len(words) > 3 and words[2] == "version" else first.strip()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from patchbay_vm_tasks import qemu as qemu_mod
 from patchbay_vm_tasks import savedstate
 from patchbay_vm_tasks.state import StateDir
 
@@ -121,8 +122,8 @@ def test_qemu_version_is_read_from_the_binary() -> None:
     import shutil
 
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"  # CI installs it
-    assert savedstate.qemu_version(qemu)[0].isdigit()
-    assert savedstate.qemu_version("/nonexistent/qemu") == "unknown"
+    assert qemu_mod.version(qemu)[0].isdigit()
+    assert qemu_mod.version("/nonexistent/qemu") == ""  # cannot be told
 
 
 @pytest.mark.parametrize(

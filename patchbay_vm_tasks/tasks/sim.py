@@ -9,7 +9,7 @@ from pathlib import Path
 
 from invoke import Collection, Context, Exit, task
 
-from .. import binaries, lifecycle, runner, settings, simfiles, simrun, sync, workdir
+from .. import binaries, lifecycle, qemu, runner, settings, simfiles, simrun, sync, workdir
 from ..errors import UsageError
 from ..simcore.durations import parse_duration
 from ..ui import say
@@ -205,7 +205,7 @@ def _host_facts(s: settings.VmSettings, record: dict, run_id: str) -> dict[str, 
     return {
         simrun.RUN_ID_VAR: run_id,
         "PATCHBAY_VM_ACCEL": str(record.get("accel", "")),
-        "PATCHBAY_VM_QEMU_VERSION": simrun.qemu_version(s.qemu_bin),
+        "PATCHBAY_VM_QEMU_VERSION": qemu.version(s.qemu_bin),
         "PATCHBAY_VM_FS": str(record.get("fs_mode", "")),
     }
 
