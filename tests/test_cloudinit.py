@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import paramiko
@@ -41,8 +42,11 @@ def test_templates_render_to_the_cloud_config_we_mean(values) -> None:
     meta = yaml.safe_load(seed["meta-data"])
     assert meta == {"instance-id": "iid-test", "local-hostname": "patchbay-vm"}
     net = yaml.safe_load(seed["network-config"])
-    # Matched by driver: NIC names differ between arches.
-    assert net["ethernets"]["primary"]["match"] == {"driver": "virtio_net"}
+    # Matched by driver: NIC names differ between arches. The id is a name pattern
+    # too, as cloud-init's networkd renderer matches on it (Name=) and not on `match`.
+    ((name, nic),) = net["ethernets"].items()
+    assert nic["match"] == {"driver": "virtio_net"}
+    assert fnmatch.fnmatch("enp0s3", name) and fnmatch.fnmatch("enp0s1", name)
 
 
 def test_project_templates_override_the_packaged_ones(tmp_path, values) -> None:
