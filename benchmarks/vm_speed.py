@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from patchbay_vm_tasks import openssh
+from patchbay_vm_tasks.state import StateDir
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # The Rust tool spends about ten handshakes on a warm `up` (SPEC 9.10).
@@ -157,6 +160,7 @@ def bench_boots_and_commands(vm: BenchVm, runs: int, cold_runs: int, log) -> lis
         vm.invoke("vm.up")
     warm = Case("warm vm.up")
     ssh_proc = Case("vm.ssh -- true (process)")
+    ssh_new = Case("vm.ssh -- true (process, new connection)")
     rust_true = Case("rust: ssh true (one process)")
     rust_warm = Case(f"rust: warm up ({RUST_WARM_UP_COMMANDS} ssh processes)")
     kept = Case("guest command on a kept connection")
@@ -168,6 +172,9 @@ def bench_boots_and_commands(vm: BenchVm, runs: int, cold_runs: int, log) -> lis
 
     for _ in range(runs):
         warm.samples.append(timed(lambda: vm.invoke("vm.up")))
+        # The first call of a series makes the kept connection; the rest use it.
+        openssh.stop_master(StateDir(vm.state))
+        ssh_new.samples.append(timed(lambda: vm.invoke("vm.ssh", "--", "true")))
         ssh_proc.samples.append(timed(lambda: vm.invoke("vm.ssh", "--", "true")))
         rust_true.samples.append(
             timed(lambda: subprocess.run(argv, check=True, stdin=subprocess.DEVNULL))
@@ -191,7 +198,7 @@ def bench_boots_and_commands(vm: BenchVm, runs: int, cold_runs: int, log) -> lis
         if "resumed after" not in out.stderr:
             resume.note = "did not resume: " + out.stderr.strip().splitlines()[-1]
         log(f"  resume {i + 1}: {resume.samples[-1]:.1f} s")
-    return [cold, resume, save, warm, ssh_proc, kept, overhead, rust_true, rust_warm]
+    return [cold, resume, save, warm, ssh_proc, ssh_new, kept, overhead, rust_true, rust_warm]
 
 
 # A sim with one short step: what sim.run adds around the runner shows, not the lab.
@@ -289,6 +296,7 @@ def ratios(cases: list[Case]) -> dict[str, float]:
         ("cold vm.up, resuming a saved VM", "cold vm.up, new VM (image cached)"),
         ("warm vm.up", f"rust: warm up ({RUST_WARM_UP_COMMANDS} ssh processes)"),
         ("vm.ssh -- true (process)", "rust: ssh true (one process)"),
+        ("vm.ssh -- true (process, new connection)", "rust: ssh true (one process)"),
         ("guest command on a kept connection", "rust: ssh true (one process)"),
     ]
     for ours, rust in pairs:

@@ -15,7 +15,6 @@ from . import (
     firmware,
     guest,
     keys,
-    lifecycle,
     ports,
     provision,
     qemu,
@@ -26,7 +25,7 @@ from .errors import VmUnavailable
 from .images import BaseImage, ensure_base_image
 from .settings import VmSettings
 from .state import StateDir
-from .ui import console, say, warn
+from .ui import say, spinner, warn
 
 # Under an auto-chosen accelerator other than TCG, a guest that has printed
 # nothing on its serial console by then is taken as hung (SPEC 9.1).
@@ -206,10 +205,10 @@ def _wait_and_provision(
         record["cpus"] = qemu.guest_cpus(settings.cpus, "tcg", runtime.cpus_explicit(settings))
         owned.push(_start_processes(settings, state, base, record, daemon, share_list))
 
-    with console.status("booting") as lifecycle.status:
+    with spinner("booting") as booting:
 
         def progress(waited: float, line: str) -> None:
-            lifecycle.status.update(f"waiting for the guest ({waited:.0f} s): {line}")
+            booting.update(f"waiting for the guest ({waited:.0f} s): {line}")
 
         pid = record["pid"]
         waited = guest.wait_ready(
@@ -220,7 +219,7 @@ def _wait_and_provision(
             on_progress=progress,
         )
         record["ssh_ready_seconds"] = round(waited, 1)
-        lifecycle.status.update("mounting shares and provisioning")
+        booting.update("mounting shares and provisioning")
         guest.run_root_script(conn, _guest_script(settings, record["fs_mode"]), "provisioning")
         record["guest_agent"] = _agent_answers(runtime.qga_address(state, record))
     state.write_runtime(record)

@@ -13,26 +13,39 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import fabric
 import invoke
-import paramiko
 
 from .errors import VmUnavailable
+
+if TYPE_CHECKING:
+    import fabric
 
 # Paramiko logs every refused handshake of the boot wait as an error with a traceback;
 # we report failures ourselves.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
 
-TRANSPORT_ERRORS = (paramiko.SSHException, EOFError, OSError, socket.timeout)
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """What a lost or refused SSH connection raises. A function, so that Fabric and
+    Paramiko (0.1 s to import) load only in tasks that really talk SSH; `except`
+    evaluates it only when something was raised."""
+    import paramiko
+
+    return (paramiko.SSHException, EOFError, OSError, socket.timeout)
+
+
 _ANSI = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|\][^\x07]*\x07|[()][A-Z0-9])")
 
 
 def connection(port: int, user: str, key: Path, known_hosts: Path) -> fabric.Connection:
     """A Fabric connection to the guest that trusts only the pinned host key."""
+    import fabric
+    import paramiko
+
     config = fabric.Config(overrides={"load_ssh_configs": False, "run": {"echo": False}})
     conn = fabric.Connection(
         "127.0.0.1",
@@ -76,6 +89,8 @@ def wait_ready(
 
     Returns the seconds waited.
     """
+    from paramiko import BadHostKeyException as BadHostKey
+
     start = time.monotonic()
     last_error = "no answer yet"
     while True:
@@ -100,12 +115,12 @@ def wait_ready(
             conn.open()
             conn.run("true", hide=True, in_stream=False)
             return time.monotonic() - start
-        except paramiko.BadHostKeyException as e:
+        except BadHostKey as e:
             raise VmUnavailable(
                 f"the guest presented a host key other than the pinned one ({e}); "
                 f"refusing to connect. `vm.up --recreate` builds a fresh guest."
             ) from None
-        except (*TRANSPORT_ERRORS, invoke.UnexpectedExit) as e:
+        except (*transport_errors(), invoke.UnexpectedExit) as e:
             last_error = f"{type(e).__name__}: {e}".strip()
             conn.close()
             time.sleep(1.0)
@@ -138,7 +153,7 @@ def run_argv(
         command = f"sudo -n sh -c {shlex.quote(command)}"
     try:
         return c.run(command, hide=hide, warn=True, pty=False, **kwargs)
-    except TRANSPORT_ERRORS as e:
+    except transport_errors() as e:
         raise VmUnavailable(f"lost the connection to the guest: {type(e).__name__}: {e}") from None
 
 

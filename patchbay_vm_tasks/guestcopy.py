@@ -7,8 +7,7 @@ import stat
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-
-import fabric
+from typing import TYPE_CHECKING
 
 from . import (
     guest,
@@ -17,6 +16,9 @@ from . import (
 )
 from .errors import TaskError, UsageError, VmUnavailable
 from .settings import VmSettings
+
+if TYPE_CHECKING:
+    import fabric
 
 
 def _ssh_value(value: str) -> str:
@@ -122,5 +124,5 @@ def copy(conn: fabric.Connection, plan: CopyPlan) -> str:
             f"vm.cp: permission denied on {shown}: the copy runs as the guest user; copy "
             f"to /tmp and move it with `vm.ssh -- sudo mv ...`"
         ) from None
-    except guest.TRANSPORT_ERRORS as e:
+    except guest.transport_errors() as e:
         raise VmUnavailable(f"vm.cp: lost the connection to the guest: {e}") from None

@@ -11,9 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 
 @dataclass(frozen=True)
 class KeyPair:
@@ -27,6 +24,10 @@ class KeyPair:
 
 def ensure_keypair(path: Path, comment: str) -> KeyPair:
     """Load the ed25519 key at `path`, generating it (and `path`.pub) if absent."""
+    # Loaded here: only a boot makes keys, and cryptography takes 0.03 s to import.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     pub = path.with_name(path.name + ".pub")
     if not (path.exists() and pub.exists()):
         key = Ed25519PrivateKey.generate()

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
-
-import fabric
+from typing import TYPE_CHECKING, Any
 
 from . import (
     boot,
     guest,
+    openssh,
     qemu,
     resume,
     runtime,
@@ -21,7 +20,10 @@ from . import (
 from .errors import UsageError, VmUnavailable
 from .settings import VmSettings
 from .state import StateDir, locked
-from .ui import console, say
+from .ui import say, spinner
+
+if TYPE_CHECKING:
+    import fabric
 
 
 def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> runtime.Vm:
@@ -43,10 +45,7 @@ def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> r
             _check_same_mounts(settings, record)
             if _answers_without_ssh(settings, state, record):
                 # The connection opens (one handshake) only when a task sends a command.
-                conn = guest.connection(
-                    record["ssh_port"], record["ssh_user"], state.key, state.known_hosts
-                )
-                return runtime.Vm(settings, record, conn, booted=False)
+                return runtime.Vm(settings, record, None, booted=False)
             conn = _connect(state, record)
             # Provisioned when it booted; only make sure the shares are still mounted.
             script = shares.mount_script(settings.mounts(), record["fs_mode"], settings.ssh_user)
@@ -132,7 +131,7 @@ def _connect(state: StateDir, record: dict[str, Any]) -> fabric.Connection:
     conn = guest.connection(record["ssh_port"], record["ssh_user"], state.key, state.known_hosts)
     try:
         conn.open()
-    except guest.TRANSPORT_ERRORS as e:
+    except guest.transport_errors() as e:
         raise VmUnavailable(
             f"VM {record['name']} runs (PID {record.get('pid')}) but SSH on port "
             f"{record['ssh_port']} does not answer: {e}. Try `vm.up --recreate`."
@@ -153,10 +152,12 @@ def down(settings: VmSettings, poweroff: bool = False) -> str:
                 f"; removed {len(removed)} stale file(s)" if removed else ""
             )
         assert record is not None  # running_pid found our QEMU, which has its record
+        # Closed first, so that a saved guest keeps no half-open session of it.
+        openssh.stop_master(state)
         why_not = "asked to power off" if poweroff else resume.why_not_saveable(record)
         if why_not is None:
             try:
-                with console.status(f"saving {settings.name}"):
+                with spinner(f"saving {settings.name}"):
                     saved = resume.save_guest(state, pid, record)
             except savedstate.SaveFailed as e:
                 why_not = f"saving it failed: {e}"
@@ -173,7 +174,7 @@ def down(settings: VmSettings, poweroff: bool = False) -> str:
 def _stop(state: StateDir, pid: int | None, record: dict[str, Any] | None) -> str:
     how = "not running"
     if pid:
-        with console.status("shutting the guest down"):
+        with spinner("shutting the guest down"):
             how = qemu.shutdown(pid, runtime.qmp_address(state, record or {}), str(state.root))
     runtime.remove_transient(state, record)
     return how
@@ -250,7 +251,7 @@ def running_record(settings: VmSettings) -> dict[str, Any]:
 
 
 def require_running(settings: VmSettings) -> runtime.Vm:
-    """Connect to the running VM without booting it (for `vm.ssh`)."""
+    """Connect to the running VM without booting it (`vm.cp`; `vm.ssh` without OpenSSH)."""
     record = running_record(settings)
     return runtime.Vm(settings, record, _connect(runtime.state_of(settings), record), booted=False)
 

@@ -22,7 +22,7 @@ from .errors import VmUnavailable
 from .images import BaseImage
 from .settings import VmSettings
 from .state import StateDir
-from .ui import console, say, warn
+from .ui import say, spinner, warn
 
 # QEMU waits for the saved state (`migrate-incoming`) and keeps the guest paused after
 # it, so the state can be deleted before the guest runs and moves its disk on.
@@ -114,7 +114,7 @@ def resume(settings: VmSettings, state: StateDir) -> runtime.Vm | None:
             boot.start_qemu(settings, state, base, record, share_list, extra=RESUME_ARGS)
             qmp = runtime.qmp_address(state, record)
             owned.callback(qemu.quit_now, record["pid"], qmp, marker)
-            with console.status(f"resuming {settings.name}"):
+            with spinner(f"resuming {settings.name}"):
                 savedstate.restore(state, qmp, meta["fingerprint"]["qemu_version"])
                 # From here the disk moves on: the state must never be loaded again.
                 savedstate.discard(state)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import fabric
-
-from . import qemu
+from . import openssh, qemu
 from .errors import TaskError
 from .settings import VmSettings
 from .state import StateDir
+
+if TYPE_CHECKING:
+    import fabric
 
 
 class BootInterrupted(TaskError):
@@ -27,11 +28,25 @@ class Vm:
 
     settings: VmSettings
     record: dict[str, Any]
-    conn: fabric.Connection
+    # None until a command needs it: a warm `up` that only asked QMP and the guest
+    # agent opens no SSH connection and never loads Fabric.
+    _conn: fabric.Connection | None
     booted: bool  # False when an already running VM was reused
 
+    @property
+    def conn(self) -> fabric.Connection:
+        if self._conn is None:
+            from . import guest
+
+            state = state_of(self.settings)
+            self._conn = guest.connection(
+                self.record["ssh_port"], self.record["ssh_user"], state.key, state.known_hosts
+            )
+        return self._conn
+
     def close(self) -> None:
-        self.conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
 
 def state_of(settings: VmSettings) -> StateDir:
@@ -67,6 +82,7 @@ def cpus_explicit(settings: VmSettings) -> bool:
 
 def remove_transient(state: StateDir, record: dict[str, Any] | None) -> list[Path]:
     """Kill our helper processes and remove files that only mean something while running."""
+    openssh.stop_master(state)
     marker = str(state.root)
     helpers = list((record or {}).get("helpers", []))
     helpers += [qemu.read_pid(p) for p in state.root.glob("virtiofsd-*.pid")]

@@ -197,8 +197,15 @@ def test_recreate_boots_a_fresh_disk(vm: VmEnv) -> None:
 @pytest.mark.restarts_vm
 def test_down_then_status(vm: VmEnv) -> None:
     pid = vm.status()["pid"]
+    assert vm.invoke("vm.ssh", "--", "true").returncode == 0  # keeps a connection
+    control = vm.state_dir / "ssh.ctl"
+    assert control.is_socket()
     out = vm.invoke("vm.down")
     assert out.returncode == 0, out.stderr
+    # The kept connection went first, its process with it.
+    assert not control.exists()
+    masters = subprocess.run(["pgrep", "-f", str(control)], capture_output=True, text=True)
+    assert not masters.stdout.strip(), masters.stdout
     assert "saved (" in out.stdout and "the next vm.up resumes it" in out.stdout
     status = vm.invoke("vm.status", "--json")
     assert status.returncode == 3

@@ -6,16 +6,23 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from invoke import Collection, Context, Exit, task
 
-from .. import binaries, lifecycle, qemu, runner, settings, simfiles, simrun, sync, workdir
+from .. import lifecycle, qemu, settings
 from ..errors import UsageError
 from ..simcore.durations import parse_duration
 from ..ui import say
 from ..viewer import DEFAULT_BIND
 from . import view
 from .common import remainder, task_errors
+
+if TYPE_CHECKING:
+    from .. import runner
+
+# The sim modules are imported inside the tasks: loading them costs every task (a warm
+# `vm.up` too) time at start-up, Invoke imports this file to list the tasks.
 
 VERSION_HELP = (
     "Runner: latest, vX.Y.Z, git:REF, path:FILE or builtin (our own, needs nothing from "
@@ -56,6 +63,8 @@ def run(
     refresh: bool = False,
 ) -> None:
     """Run sims in the VM with the patchbay runner; results land in the work dir."""
+    from .. import binaries, runner, simfiles, simrun, sync, workdir
+
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
         if not file:
@@ -128,6 +137,8 @@ def inspect(
     c: Context, file: str, work_dir: str | None = None, patchbay_version: str | None = None
 ) -> None:
     """Build a sim's topology in the guest and keep it up until Ctrl-C; print NETSIM_IP_*."""
+    from .. import simfiles, simrun, sync
+
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
         (sim,) = simfiles.expand_sim_args([file], s.project_dir)
@@ -163,6 +174,8 @@ def inspect(
 )
 def exec(c: Context, node: str, work_dir: str | None = None) -> None:  # noqa: A001 (task name)
     """Run `-- CMD ARGS` as root in one node of the `sim.inspect` lab; exit code passed on."""
+    from .. import runner, simfiles, simrun
+
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
         cmd = remainder()
@@ -193,6 +206,8 @@ def _runner(
     s: settings.VmSettings, flag: str | None, refresh: bool = False
 ) -> runner.ResolvedRunner:
     """Resolve and stage the runner (flag, else setting); the guest runs it from /work."""
+    from .. import runner
+
     version = flag or s.patchbay_version
     chosen = runner.resolve_runner(version, s.work_dir, s.arch, refresh=refresh)
     runner.install_runner(chosen, s.work_dir)
@@ -202,6 +217,8 @@ def _runner(
 def _host_facts(s: settings.VmSettings, record: dict, run_id: str) -> dict[str, str]:
     """What only the host knows, for the run's manifest: numbers under TCG are not
     comparable with numbers under KVM or HVF."""
+    from .. import simrun
+
     return {
         simrun.RUN_ID_VAR: run_id,
         "PATCHBAY_VM_ACCEL": str(record.get("accel", "")),
@@ -217,6 +234,8 @@ def _host_facts(s: settings.VmSettings, record: dict, run_id: str) -> dict[str, 
 def check(c: Context, file: list[str]) -> None:
     """Read sims on the host as the builtin runner reads them and print each expanded plan
     (routers, devices, binaries, one line a step). No VM. Unknown keys are errors here."""
+    from .. import simfiles
+
     with task_errors():
         if not file:
             raise UsageError("give at least one sim: --file sims/NAME.toml (or a folder)")

@@ -1,0 +1,86 @@
+"""`vm.ssh` through the OpenSSH client: its command line and the kept master."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+
+import pytest
+
+from patchbay_vm_tasks import openssh
+from patchbay_vm_tasks.state import StateDir
+
+RECORD = {"ssh_port": 2222, "ssh_user": "dev"}
+
+
+def _option(argv: list[str], name: str) -> str | None:
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-o"]
+    found = [v.split("=", 1)[1] for v in values if v.split("=", 1)[0] == name]
+    return found[-1] if found else None
+
+
+def test_a_command_is_quoted_once_for_the_guest_shell(tmp_path) -> None:
+    state = StateDir(tmp_path)
+    argv = openssh.argv("/usr/bin/ssh", state, RECORD, ["printf", "[%s]", "two words", "$HOME"])
+    assert argv[0] == "/usr/bin/ssh"
+    assert argv[-3:] == ["--", "dev@127.0.0.1", "printf '[%s]' 'two words' '$HOME'"]
+    assert shlex.split(argv[-1]) == ["printf", "[%s]", "two words", "$HOME"]
+    assert "-T" in argv and "-t" not in argv
+    assert argv[argv.index("-p") + 1] == "2222"
+    assert argv[argv.index("-i") + 1] == str(tmp_path / "id_ed25519")
+    # The pinned key only, checked strictly.
+    assert _option(argv, "StrictHostKeyChecking") == "yes"
+    assert _option(argv, "UserKnownHostsFile") == str(tmp_path / "known_hosts")
+    assert _option(argv, "IdentitiesOnly") == "yes"
+
+
+def test_no_command_asks_for_a_terminal(tmp_path) -> None:
+    argv = openssh.argv("ssh", StateDir(tmp_path), RECORD, None)
+    assert argv[-3:] == ["-t", "--", "dev@127.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("platform", "kept"), [("linux", True), ("darwin", True), ("win32", False)]
+)
+def test_the_connection_is_kept_except_on_windows(tmp_path, platform, kept) -> None:
+    argv = openssh.argv("ssh", StateDir(tmp_path), RECORD, ["true"], platform=platform)
+    if kept:
+        assert _option(argv, "ControlMaster") == "auto"
+        assert _option(argv, "ControlPath") == str(tmp_path / "ssh.ctl")
+        assert _option(argv, "ControlPersist") == openssh.CONTROL_PERSIST
+    else:  # Windows' OpenSSH has no ControlMaster
+        assert _option(argv, "ControlMaster") is None
+        assert _option(argv, "ControlPath") is None
+
+
+def test_percent_in_the_path_is_not_an_ssh_token(tmp_path) -> None:
+    state = StateDir(tmp_path / "100%done")
+    argv = openssh.argv("ssh", state, RECORD, ["true"], platform="linux")
+    assert _option(argv, "ControlPath") == str(tmp_path / "100%%done" / "ssh.ctl")
+
+
+def test_a_deep_state_dir_gets_a_short_socket_path(tmp_path) -> None:
+    deep = StateDir(tmp_path / ("d" * 120) / ".qemu-vm" / "dev")
+    path = openssh.control_path(deep)
+    assert path.parent != deep.root
+    assert len(str(path).encode()) <= 104 - 18
+    # Stable per state dir, different between them.
+    assert openssh.control_path(deep) == path
+    assert openssh.control_path(StateDir(deep.root.parent / "other")) != path
+    short = StateDir(tmp_path)
+    assert openssh.control_path(short) == tmp_path / "ssh.ctl"
+
+
+def test_stop_master_without_a_master_does_nothing(tmp_path) -> None:
+    assert openssh.stop_master(StateDir(tmp_path)) is False
+
+
+def test_stop_master_removes_a_stale_socket(tmp_path) -> None:
+    # A master killed with SIGKILL leaves its socket behind; nobody listens on it.
+    path = tmp_path / "ssh.ctl"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.close()
+    assert path.exists()
+    assert openssh.stop_master(StateDir(tmp_path)) is True
+    assert not path.exists()
