@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shlex
 import shutil
 import subprocess
@@ -79,6 +80,16 @@ def argv(
     if command is None:
         return [*args, "-t", "--", target]
     return [*args, "-T", "--", target, shlex.join(command)]
+
+
+def hand_over(argv: list[str], platform: str = sys.platform) -> int:
+    """Become ssh (stdin, the exit code and signals pass straight through). Windows has
+    no exec: os.exec* there starts a new process and this one ends with 0 at once, so
+    there ssh runs as a child and its exit code is returned."""
+    if platform == "win32":
+        return subprocess.run(argv, check=False).returncode
+    os.execv(argv[0], argv)
+    raise AssertionError("unreachable")  # execv returns only by raising
 
 
 def stop_master(state: StateDir, ssh_bin: str | None = None) -> bool:

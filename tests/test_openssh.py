@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import socket
+import subprocess
 
 import pytest
 
@@ -84,3 +85,29 @@ def test_stop_master_removes_a_stale_socket(tmp_path) -> None:
     assert path.exists()
     assert openssh.stop_master(StateDir(tmp_path)) is True
     assert not path.exists()
+
+
+def test_on_windows_ssh_runs_as_a_child_and_its_exit_code_comes_back(monkeypatch) -> None:
+    seen = []
+
+    def fake_run(argv, check):
+        seen.append(argv)
+        return subprocess.CompletedProcess(argv, 7)
+
+    monkeypatch.setattr(openssh.subprocess, "run", fake_run)
+    monkeypatch.setattr(openssh.os, "execv", lambda *a: pytest.fail("no exec on Windows"))
+    assert openssh.hand_over(["ssh", "-T", "vm", "exit 7"], platform="win32") == 7
+    assert seen == [["ssh", "-T", "vm", "exit 7"]]
+
+
+def test_elsewhere_this_process_becomes_ssh(monkeypatch) -> None:
+    class Replaced(Exception):
+        pass
+
+    def fake_execv(path, argv):
+        raise Replaced(path, argv)
+
+    monkeypatch.setattr(openssh.os, "execv", fake_execv)
+    with pytest.raises(Replaced) as caught:
+        openssh.hand_over(["/usr/bin/ssh", "-T", "vm", "true"], platform="linux")
+    assert caught.value.args == ("/usr/bin/ssh", ["/usr/bin/ssh", "-T", "vm", "true"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from invoke import Collection, Context, Exit, task
 
@@ -75,8 +74,8 @@ def ssh(c: Context) -> None:
         if ssh_bin:
             record = lifecycle.running_record(s)
             state = runtime.state_of(s)
-            # ssh passes stdin, the exit code and signals through; nothing left to do here.
-            os.execv(ssh_bin, openssh.argv(ssh_bin, state, record, argv or None))
+            code = openssh.hand_over(openssh.argv(ssh_bin, state, record, argv or None))
+            raise Exit(code=code)  # Windows only: elsewhere this process became ssh
         vm = lifecycle.require_running(s)
         try:
             if not argv:
