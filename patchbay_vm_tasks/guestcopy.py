@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from . import (
     guest,
     lifecycle,
+    openssh,
     runtime,
 )
 from .errors import TaskError, UsageError, VmUnavailable
@@ -34,11 +35,9 @@ def ssh_config_text(name: str, port: int, user: str, key: Path, known_hosts: Pat
         f"  Port {port}",
         f"  User {user}",
         f"  IdentityFile {_ssh_value(str(key))}",
-        "  IdentitiesOnly yes",
-        f"  UserKnownHostsFile {_ssh_value(str(known_hosts))}",
-        "  StrictHostKeyChecking yes",
-        "  LogLevel ERROR",
     ]
+    pinned = openssh.pinned_options(known_hosts)
+    lines += [f"  {name} {_ssh_value(value)}" for name, value in pinned]
     return "\n".join(lines) + "\n"
 
 

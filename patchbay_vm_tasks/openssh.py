@@ -31,6 +31,21 @@ CONTROL_PERSIST = "10m"
 _MAX_CONTROL_PATH = 104 - 18
 
 
+def pinned_options(known_hosts: Path) -> list[tuple[str, str]]:
+    """The client options that trust only the VM's pinned host key (and our own key):
+    the same for `vm.ssh` and the block `vm.ssh-config` prints."""
+    return [
+        ("IdentitiesOnly", "yes"),
+        ("UserKnownHostsFile", str(known_hosts)),
+        ("StrictHostKeyChecking", "yes"),
+        ("LogLevel", "ERROR"),
+    ]
+
+
+def _control_path_option(path: Path) -> str:
+    return "ControlPath=" + str(path).replace("%", "%%")  # ssh expands %-tokens there
+
+
 def client() -> str | None:
     """The OpenSSH client on PATH, if any."""
     return shutil.which("ssh")
@@ -59,21 +74,13 @@ def argv(
 ) -> list[str]:
     """The ssh command line for `command` in the guest (quoted here, at the boundary to
     the guest's shell), or for an interactive shell on a terminal when it is None."""
-    args = [
-        ssh_bin,
-        "-i", str(state.key),
-        "-p", str(record["ssh_port"]),
-        "-o", "IdentitiesOnly=yes",
-        "-o", "StrictHostKeyChecking=yes",
-        "-o", f"UserKnownHostsFile={state.known_hosts}",
-        "-o", "LogLevel=ERROR",
-    ]  # fmt: skip
+    args = [ssh_bin, "-i", str(state.key), "-p", str(record["ssh_port"])]
+    for name, value in pinned_options(state.known_hosts):
+        args += ["-o", f"{name}={value}"]
     if multiplexes(platform):
-        # ssh expands %-tokens in ControlPath.
-        path = str(control_path(state)).replace("%", "%%")
         args += [
             "-o", "ControlMaster=auto",
-            "-o", f"ControlPath={path}",
+            "-o", _control_path_option(control_path(state)),
             "-o", f"ControlPersist={CONTROL_PERSIST}",
         ]  # fmt: skip
     target = f"{record['ssh_user']}@127.0.0.1"
@@ -99,7 +106,7 @@ def stop_master(state: StateDir, ssh_bin: str | None = None) -> bool:
         return False
     ssh_bin = ssh_bin or client()
     if ssh_bin:
-        argv = [ssh_bin, "-o", f"ControlPath={str(path).replace('%', '%%')}", "-O", "exit", "vm"]
+        argv = [ssh_bin, "-o", _control_path_option(path), "-O", "exit", "vm"]
         with contextlib.suppress(subprocess.TimeoutExpired):
             subprocess.run(argv, capture_output=True, timeout=5, check=False)
     path.unlink(missing_ok=True)  # a master killed with SIGKILL leaves its socket
