@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import shlex
 import signal
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import invoke
 
@@ -26,7 +26,6 @@ from .ui import say, warn
 
 EXIT_INTERRUPTED = 130
 RUN_ID_VAR = "PATCHBAY_HOST_RUN_ID"
-RUNNER_MARK = ".patchbay-bin/patchbay"
 
 
 def new_run_id() -> str:
@@ -34,20 +33,12 @@ def new_run_id() -> str:
     return secrets.token_hex(8)
 
 
-def interrupt_script(run_id: str) -> list[str]:
-    """argv (run as root) that sends SIGINT to the runner process carrying the run id.
-
-    Its children inherit the environment too; only the runner itself is signalled, so that
-    it stops them in order and tears its lab down.
-    """
-    needle = f"{RUN_ID_VAR}={run_id}"
-    script = (
-        "for p in /proc/[0-9]*; do "
-        f"grep -qs -- {shlex.quote(needle)} $p/environ || continue; "
-        f"tr '\\0' ' ' < $p/cmdline | grep -q -- {shlex.quote(RUNNER_MARK)} || continue; "
-        "kill -INT ${p#/proc/} 2>/dev/null; done; true"
-    )
-    return ["sh", "-c", script]
+def interrupt_argv(run_id: str) -> list[str]:
+    """argv (run as root in the guest) that sends SIGINT to the runner started with
+    `run_id` in its environment; only the runner, so that it stops its children in order.
+    The guest side is `simrunner/stop.py`, sent as text: it needs only the guest's python3."""
+    source = (Path(__file__).parent / "simrunner" / "stop.py").read_text(encoding="utf-8")
+    return ["python3", "-I", "-S", "-c", source, f"{RUN_ID_VAR}={run_id}"]
 
 
 def run_interruptible(
@@ -83,6 +74,10 @@ def run_interruptible(
 
 def _interrupt_remote(conn: invoke.Context, run_id: str) -> None:
     try:
-        guest.run_argv(conn, interrupt_script(run_id), sudo=True, hide=True, in_stream=False)
+        res = guest.run_argv(conn, interrupt_argv(run_id), sudo=True, hide=True, in_stream=False)
     except VmUnavailable as exc:
         warn(f"could not reach the guest to stop the runner: {exc}")
+        return
+    if res.exited not in (0, 1):  # 1: no runner left to stop, it had ended by itself
+        detail = (res.stderr or res.stdout).strip()
+        warn(f"could not signal the runner in the guest (exit {res.exited}): {detail}")

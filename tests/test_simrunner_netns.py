@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -829,4 +830,54 @@ def test_inspect_and_run_in(inspect_lab) -> None:
     proc.stdin.close()  # the host going away ends inspect
     assert proc.wait(20) == 0
     assert exports["NETSIM_NS_A"] not in namespaces()
+    assert not (work / "inspect" / "insp.json").exists()
+
+
+def test_ctrl_c_reaches_a_command_started_with_run_in(inspect_lab) -> None:
+    proc, work, _ = inspect_lab
+    cmd = subprocess.Popen(
+        [*RUNNER, "run-in", "--work-dir", str(work), "a", "--", "sleep", MARK],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        end = time.monotonic() + 30
+        while not stray_processes() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert stray_processes(), "the command never started in the node"
+        cmd.send_signal(signal.SIGINT)  # to run-in, as the host's Ctrl-C sends it
+        assert cmd.wait(10) == 130, cmd.stderr.read()
+    finally:
+        if cmd.poll() is None:
+            cmd.kill()
+    assert not stray_processes()
+    assert proc.poll() is None  # the lab stays up
+
+
+def test_host_ctrl_c_stops_the_inspect_runner_behind_its_wrappers(tmp_path: Path) -> None:
+    """As the host runs it: `sudo -n sh -c "env ID runner inspect"`, then the stopper
+    (simrun.interrupt_argv), itself under sudo with the id in its SUDO_COMMAND."""
+    from patchbay_vm_tasks import simrun
+
+    run_id = "feedc0ffee"
+    entry = f"{simrun.RUN_ID_VAR}={run_id}"
+    sim = write_sim(tmp_path, "insp", ONE_ROUTER)
+    work = tmp_path / "work"
+    inner = shlex.join(["env", entry, *RUNNER, "inspect", "--work-dir", str(work), str(sim)])
+    env = dict(os.environ, SUDO_COMMAND=f"/usr/bin/sh -c {inner}")
+    proc = subprocess.Popen(
+        ["sh", "-c", inner], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_line(proc, r"^# lab up")
+        lab = json.loads((work / "inspect" / "insp.json").read_text())
+        stopper = simrun.interrupt_argv(run_id)
+        out = subprocess.run(stopper, env=env, capture_output=True, text=True, timeout=60)
+        assert (out.returncode, out.stdout.split()) == (0, [str(lab["pid"])]), out.stderr
+        assert proc.wait(20) == 0, proc.stderr.read()  # inspect ends normally when stopped
+    finally:
+        if proc.poll() is None:
+            proc.stdin.close()
+            proc.wait(20)
+    assert not any(node["ns"] in namespaces() for node in lab["nodes"].values())
     assert not (work / "inspect" / "insp.json").exists()

@@ -5,6 +5,7 @@ namespace tests, which this host's kernel (no sch_netem) cannot run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import shutil
@@ -356,8 +357,10 @@ def _read_until(proc: subprocess.Popen, needle: str, timeout: float = 180) -> li
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
-        for line in proc.stdout:
-            lines.put(line)
+        # communicate() later reads (and closes) the same pipe: the end of this thread.
+        with contextlib.suppress(ValueError, OSError):
+            for line in proc.stdout:
+                lines.put(line)
         lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
@@ -411,6 +414,22 @@ def test_inspect_then_exec_in_a_node(vm: VmEnv) -> None:
         assert vm.invoke("sim.exec", "client", "--", "false").returncode == 1
         rust_spelling = vm.cli("run-in", "server", "--", "ip", "-4", "addr", "show", "eth0")
         assert server_ip in rust_spelling.stdout
+        # Ctrl-C on sim.exec reaches the command in the node, not only the lab's runner.
+        sleeper = _start(vm, "sim.exec", "client", "--", "sleep", "31.4159")
+        try:
+            for _ in range(60):
+                if "31.4159" in _guest_leftovers(vm)[1]:
+                    break
+                time.sleep(0.5)
+            else:
+                raise AssertionError("sim.exec's sleep never started in the guest")
+            sleeper.send_signal(signal.SIGINT)
+            _, sleeper_err = sleeper.communicate(timeout=60)
+        finally:
+            if sleeper.poll() is None:
+                sleeper.kill()
+        assert sleeper.returncode == 130, sleeper_err
+        assert "31.4159" not in _guest_leftovers(vm)[1]
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)

@@ -86,15 +86,29 @@ def watch_stdin(on_eof: Callable[[], None]) -> None:
 def interruptions(cancel: threading.Event, stdin: bool) -> Iterator[list[str]]:
     """Turn SIGINT/SIGTERM/SIGHUP (and stdin EOF) into `cancel`; yields the reasons seen."""
     reasons: list[str] = []
+    # The handler only writes to a pipe and a thread sets `cancel`: Event.set() in the
+    # handler would dead-lock when the signal lands while the main thread holds the
+    # event's lock inside cancel.wait().
+    wake_r, wake_w = os.pipe()
 
     def handler(signum: int, _frame: object) -> None:
         reasons.append(signal.Signals(signum).name)
-        cancel.set()
+        with suppress(OSError):
+            os.write(wake_w, b"!")
+
+    def relay() -> None:
+        with suppress(OSError):
+            if os.read(wake_r, 1):  # b"" once the pipe is closed: no signal came
+                cancel.set()
+        os.close(wake_r)
 
     old = {}
     if threading.current_thread() is threading.main_thread():
+        threading.Thread(target=relay, name="signal-relay", daemon=True).start()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             old[sig] = signal.signal(sig, handler)
+    else:
+        os.close(wake_r)
     if stdin and stdin_is_watchable():
 
         def on_eof() -> None:
@@ -107,6 +121,7 @@ def interruptions(cancel: threading.Event, stdin: bool) -> Iterator[list[str]]:
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+        os.close(wake_w)
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -261,6 +276,25 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def run_forwarding_signals(argv: list[str]) -> int:
+    """Run argv; SIGINT/SIGTERM/SIGHUP go to it (the host's Ctrl-C reaches us, the
+    runner, not the command in the node), and its exit code comes back."""
+    proc = subprocess.Popen(argv)
+
+    def forward(signum: int, _frame: object) -> None:
+        with suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)
+
+    old = {
+        sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        return proc.wait()
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def cmd_run_in(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
@@ -278,7 +312,7 @@ def cmd_run_in(args: argparse.Namespace) -> int:
             continue
         node = data.get("nodes", {}).get(args.node)
         if node and pid_alive(int(data.get("pid", 0))):
-            rc = subprocess.run(node["argv"] + cmd).returncode
+            rc = run_forwarding_signals(node["argv"] + cmd)
             return rc if rc >= 0 else 128 - rc
     err(f"error: run-in: no running inspect lab has a node '{args.node}' (start `inspect` first)")
     return EXIT_USAGE

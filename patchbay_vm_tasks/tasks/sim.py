@@ -185,8 +185,13 @@ def exec(c: Context, node: str, work_dir: str | None = None) -> None:  # noqa: A
             raise UsageError("no lab to run in: start one with `invoke sim.inspect --file SIM`")
         vm = lifecycle.require_running(s)
         try:
-            argv = [simfiles.GUEST_RUNNER, "run-in", "--work-dir", "/work", node, "--", *cmd]
-            code = simrun.run_interruptible(vm.conn, argv, simrun.new_run_id(), what=node)
+            run_id = simrun.new_run_id()
+            argv = [
+                "env",
+                f"{simrun.RUN_ID_VAR}={run_id}",  # so that Ctrl-C finds it
+                *[simfiles.GUEST_RUNNER, "run-in", "--work-dir", "/work", node, "--", *cmd],
+            ]
+            code = simrun.run_interruptible(vm.conn, argv, run_id, what=node)
         finally:
             vm.close()
     if code:
