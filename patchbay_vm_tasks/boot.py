@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ from . import (
     provision,
     qemu,
     runtime,
+    savedstate,
     shares,
+    templates,
 )
 from .errors import VmUnavailable
 from .images import BaseImage, ensure_base_image
@@ -65,7 +68,12 @@ def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> runtim
         host.mkdir(parents=True, exist_ok=True)
     client_key, host_key = keypairs(settings, state)
     seed_id = write_seed(settings, state, client_key, host_key)
-    ensure_disk(settings, state, base)
+    fs_mode, daemon, _why = shares.choose_fs_mode(settings.fs_mode, settings.virtiofsd_bin)
+    # A new VM of an image with the gate starts without its seed: from a template of
+    # the image, or booting to the gate and saving one there (templates.py).
+    gated = base.gated and fs_mode != "virtiofs" and not state.disk.exists()
+    if not gated:
+        ensure_disk(settings, state, base)
     # Before anything starts: missing firmware is said first.
     flash = firmware.pflash_for(
         settings.arch,
@@ -84,7 +92,6 @@ def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> runtim
     for note in notes:
         warn(note)
     cpus = qemu.guest_cpus(settings.cpus, accel, runtime.cpus_explicit(settings))
-    fs_mode, daemon, _why = shares.choose_fs_mode(settings.fs_mode, settings.virtiofsd_bin)
 
     record: dict[str, Any] = {
         "name": settings.name,
@@ -103,6 +110,7 @@ def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> runtim
         "firmware": [str(flash.code), str(flash.vars)] if flash else None,
         **control_ports(),
         "helpers": [],
+        "seed_hotplug": gated,
     }
     try:
         vm = start_and_wait(settings, state, base, record, daemon)
@@ -116,9 +124,10 @@ def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> runtim
                 f"(serial log: {state.serial_log})"
             ) from None
         raise
+    how = ", from its image's template" if vm.record.get("from_template") else ""
     say(
         f"VM {settings.name} is up after {time.monotonic() - started:.1f} s "
-        f"(accel {vm.record['accel']}, {fs_mode}, ssh port {port}, {vm.record['cpus']} CPUs)"
+        f"(accel {vm.record['accel']}, {fs_mode}, ssh port {port}, {vm.record['cpus']} CPUs{how})"
     )
     return vm
 
@@ -141,7 +150,13 @@ def start_and_wait(
     daemon: shares.Virtiofsd | None,
 ) -> runtime.Vm:
     share_list = shares.make_shares(settings.mounts(), record["fs_mode"], state.root)
-    owned = _start_processes(settings, state, base, record, daemon, share_list)
+    owned = None
+    if record["seed_hotplug"]:
+        owned = _start_from_template(settings, state, base, record, share_list)
+        if owned is None:
+            ensure_disk(settings, state, base)
+    if owned is None:
+        owned = _start_processes(settings, state, base, record, daemon, share_list)
     try:
         vm = _wait_and_provision(settings, state, base, record, daemon, share_list, owned)
     except BaseException:
@@ -184,6 +199,110 @@ def _start_processes(
     return owned
 
 
+def _template_name(
+    settings: VmSettings,
+    state: StateDir,
+    base: BaseImage,
+    record: dict[str, Any],
+    share_list: list[qemu.Share],
+) -> str:
+    spec = qemu_spec(settings, state, base, record, share_list)
+    files = [p for p in (base.disk, base.kernel, base.initrd) if p]
+    return templates.key(spec, qemu.version(settings.qemu_bin), settings.disk_gb, files)
+
+
+def _template_cache(settings: VmSettings) -> Path:
+    return settings.image_cache_dir / "templates"
+
+
+def _start_from_template(
+    settings: VmSettings,
+    state: StateDir,
+    base: BaseImage,
+    record: dict[str, Any],
+    share_list: list[qemu.Share],
+) -> contextlib.ExitStack | None:
+    """Start a new VM from its image's template, running on from the gate; the stack
+    that stops its QEMU. None when there is no template or it failed (said why, and
+    the template is deleted): the caller boots from power-on."""
+    name = _template_name(settings, state, base, record, share_list)
+    tpl = templates.find(_template_cache(settings), name)
+    if tpl is None:
+        return None
+    marker = str(state.root)
+    owned = contextlib.ExitStack()
+    try:
+        templates.copy_disk(tpl, state.disk)
+        start_qemu(settings, state, base, record, share_list, extra=savedstate.RESUME_ARGS)
+        qmp = runtime.qmp_address(state, record)
+        owned.callback(qemu.quit_now, record["pid"], qmp, marker)
+        with spinner(f"starting {settings.name} from its image's template"):
+            savedstate.restore(tpl.state, qmp, qemu.version(settings.qemu_bin))
+            reply = qemu.qmp(qmp, "cont")
+            if "error" in reply:
+                raise savedstate.RestoreFailed(reply["error"].get("desc", "cont failed"))
+    except (savedstate.RestoreFailed, OSError, ValueError) as e:
+        owned.close()
+        templates.discard(tpl)
+        state.disk.unlink(missing_ok=True)
+        warn(f"starting {settings.name} from its image's template failed ({e}); booting it")
+        return None
+    except BaseException:
+        owned.close()
+        raise
+    record["from_template"] = True
+    state.write_runtime(record)
+    return owned
+
+
+def _through_the_gate(
+    settings: VmSettings,
+    state: StateDir,
+    base: BaseImage,
+    record: dict[str, Any],
+    share_list: list[qemu.Share],
+    progress: Callable[[float, str], None],
+) -> float:
+    """The guest waits at the gate for its seed: save the template there when it booted
+    from power-on, then hot-plug the seed; from then on it is a VM like any other.
+    The seconds it took to reach the gate."""
+    qmp = runtime.qmp_address(state, record)
+    waited = 0.0
+    if not record.get("from_template"):
+        pid = record["pid"]
+        try:
+            waited = templates.wait_for_gate(
+                state.serial_log,
+                alive=lambda: qemu.is_ours(pid, str(state.root)),
+                timeout=settings.boot_timeout,
+                on_progress=lambda w: progress(w, "booting to the gate"),
+            )
+        except (TimeoutError, ChildProcessError) as e:
+            raise VmUnavailable(
+                f"{e}. End of {state.serial_log}:\n{guest.serial_tail(state.serial_log)}"
+            ) from None
+        name = _template_name(settings, state, base, record, share_list)
+        info = {"image": str(base.disk), "gate_seconds": round(waited, 1)}
+        try:
+            progress(waited, "saving the image's template")
+            templates.save(
+                _template_cache(settings),
+                name,
+                qmp,
+                state.disk,
+                qemu.version(settings.qemu_bin),
+                info,
+            )
+        except savedstate.SaveFailed as e:
+            warn(f"could not save a template of the image ({e}); new VMs boot in full")
+    qemu.attach_seed(qmp, state.seed)
+    record["seed_hotplug"] = False
+    # What runs now, as a later save and resume start it: the seed on QEMU's command line.
+    record["qemu_argv"] = qemu.build_argv(qemu_spec(settings, state, base, record, share_list))
+    state.write_runtime(record)
+    return waited
+
+
 def _wait_and_provision(
     settings: VmSettings,
     state: StateDir,
@@ -194,7 +313,12 @@ def _wait_and_provision(
     owned: contextlib.ExitStack,
 ) -> runtime.Vm:
     conn = guest.connection(record["ssh_port"], settings.ssh_user, state.key, state.known_hosts)
-    if record["accel"] != "tcg" and settings.accel == "auto" and not _shows_life(state):
+    if (
+        record["accel"] != "tcg"
+        and settings.accel == "auto"
+        and not record.get("from_template")
+        and not _shows_life(state)
+    ):
         warn(
             f"the {record['accel']} guest printed nothing in {ACCEL_STALL_SECONDS:.0f} s; "
             f"restarting it under TCG (set QEMU_VM_ACCEL to choose)"
@@ -210,18 +334,24 @@ def _wait_and_provision(
         def progress(waited: float, line: str) -> None:
             booting.update(f"waiting for the guest ({waited:.0f} s): {line}")
 
+        left = settings.boot_timeout
+        if record["seed_hotplug"]:
+            left -= _through_the_gate(settings, state, base, record, share_list, progress)
         pid = record["pid"]
         waited = guest.wait_ready(
             conn,
             alive=lambda: qemu.is_ours(pid, str(state.root)),
             serial_log=state.serial_log,
-            timeout=settings.boot_timeout,
+            timeout=max(left, 30.0),
             on_progress=progress,
         )
         record["ssh_ready_seconds"] = round(waited, 1)
         booting.update("mounting shares and provisioning")
-        guest.run_root_script(conn, _guest_script(settings, record["fs_mode"]), "provisioning")
-        record["guest_agent"] = _agent_answers(runtime.qga_address(state, record))
+        script = _guest_script(settings, record["fs_mode"])
+        guest.run_root_script(conn, script, "provisioning")
+        record["guest_agent"] = _agent_answers(
+            runtime.qga_address(state, record), set_time=bool(record.get("from_template"))
+        )
     state.write_runtime(record)
     return runtime.Vm(settings, record, conn, booted=True)
 
@@ -257,6 +387,7 @@ def qemu_spec(
         else None,
         qmp_port=record.get("qmp_port"),
         qga_port=record.get("qga_port"),
+        seed_attached=not record.get("seed_hotplug"),
     )
 
 
@@ -276,12 +407,15 @@ def start_qemu(
     state.write_runtime(record)
 
 
-def _agent_answers(qga: qemu.Address) -> bool:
+def _agent_answers(qga: qemu.Address, set_time: bool = False) -> bool:
     """Whether the guest agent answers. Asked once the guest is up over SSH: our image's
-    agent started early in its boot; an image without one costs this one timeout."""
+    agent started early in its boot; an image without one costs this one timeout.
+    `set_time`: a guest from a template has its RTC's time, to the second; made exact."""
     try:
         with qemu.guest_agent(qga, timeout=3.0) as agent:
             agent.call("guest-ping")
+            if set_time:
+                agent.set_time()
             return True
     except qemu.GuestAgentError:
         return False

@@ -110,7 +110,7 @@ def wait_ready(
             on_progress(waited, serial_tail(serial_log, 1)[:100])
         try:
             if not _banner(conn.port):
-                time.sleep(1.0)
+                time.sleep(0.25)  # a refused probe costs next to nothing
                 continue
             conn.open()
             conn.run("true", hide=True, in_stream=False)

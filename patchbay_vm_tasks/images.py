@@ -86,6 +86,9 @@ printf '%s\n' 'datasource_list: [NoCloud, None]' 'system_info:' '  network:' \
   > "$root/etc/cloud/cloud.cfg.d/90-patchbay.cfg"
 # netplan enabled networkd before; cloud-init's own renderer does not.
 chroot "$root" systemctl enable --quiet systemd-networkd.service
+# The gate a template is saved at (copied in from guest-image/ before this hook).
+chmod 755 "$root/usr/local/sbin/patchbay-gate"
+chroot "$root" systemctl enable --quiet patchbay-gate.service
 # Drivers udev would load for emulated hardware a test VM never uses (nested KVM
 # from -cpu max, wireless, watchdog, mouse, ...): each costs time under TCG.
 printf 'blacklist %s\n' kvm kvm_amd kvm_intel ccp cfg80211 psmouse pcspkr iTCO_wdt \
@@ -112,7 +115,17 @@ done
 rm -f "$root/etc/hostname"
 """
 # Bump when the recipe changes outside the hooks below, so old builds are not reused.
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
+
+# Files copied into the guest tree as they are (plain, editable data beside the code),
+# each to its folder in the guest.
+GUEST_FILES_DIR = Path(__file__).parent / "guest-image"
+GUEST_FILES = {
+    "patchbay-gate": "/usr/local/sbin",
+    "patchbay-gate.service": "/etc/systemd/system",
+}
+# On the kernel command line of our images: the boot waits at patchbay-gate for a seed.
+GATE_PARAM = "patchbay.gate"
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,9 @@ class BaseImage:
     kernel: Path | None = None  # direct kernel boot when set
     initrd: Path | None = None
     cmdline: str = ""
+    # The image holds patchbay-gate (our debian:<suite> builds): a new VM can start
+    # from a template saved at the gate (templates.py).
+    gated: bool = False
 
 
 def ensure_base_image(
@@ -325,7 +341,8 @@ def inspect_image(path: Path) -> str:
 
 def build_key(suite: str, arch: str) -> str:
     # The hooks' text is part of the recipe: an edited hook never reuses an old build.
-    recipe = [RECIPE_VERSION, suite, arch, GUEST_PACKAGES, _SETUP, _CUSTOMIZE]
+    files = {name: (GUEST_FILES_DIR / name).read_text() for name in sorted(GUEST_FILES)}
+    recipe = [RECIPE_VERSION, suite, arch, GUEST_PACKAGES, _SETUP, _CUSTOMIZE, files]
     h = hashlib.sha256(json.dumps(recipe).encode())
     return h.hexdigest()[:12]
 
@@ -354,8 +371,10 @@ def build_debian_image(suite: str, arch: str, mirror: str, cache_dir: Path) -> B
             [
                 f"root=/dev/vda rw console={serial_console(arch)} panic=1",
                 "systemd.condition_first_boot=false systemd.ssh_auto=no cryptomgr.notests",
+                GATE_PARAM,
             ]
         ),
+        gated=True,
     )
     if (out / "build.json").exists():
         say(f"using cached debian:{suite} guest image {out}")
@@ -400,6 +419,10 @@ def _build(suite: str, arch: str, mirror: str, out: Path) -> None:
             f"--architectures={arch}",
             "--include=" + ",".join([f"linux-image-{arch}", *GUEST_PACKAGES]),
             "--setup-hook=" + _SETUP,
+            *[
+                f"--customize-hook=copy-in {GUEST_FILES_DIR / name} {dest}"
+                for name, dest in GUEST_FILES.items()
+            ],
             "--customize-hook=" + _CUSTOMIZE,
             suite,
             str(tree),

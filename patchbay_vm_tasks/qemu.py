@@ -63,6 +63,9 @@ class QemuSpec:
     # Windows: QMP and the guest agent on 127.0.0.1 ports instead of unix sockets.
     qmp_port: int | None = None
     qga_port: int | None = None
+    # False: the seed's slot stays empty, for a guest that gets it hot-plugged later
+    # (a new VM started from a template: templates.py).
+    seed_attached: bool = True
 
     @property
     def windows(self) -> bool:
@@ -163,6 +166,26 @@ def qmp_arg(address: Address) -> str:
     return f"unix:{opt_escape(address)},server=on,wait=off"
 
 
+SEED_PORT, SEED_NODE, SEED_DEVICE = "seedport", "seed0", "seeddev"
+
+
+def attach_seed(qmp_address: Address, seed: Path) -> None:
+    """Hot-plug the seed into its root port, where `-device` would have put it; the
+    guest finds it as it would at boot (the same bus and slot: a later save and
+    resume of this guest start QEMU with the seed on its command line)."""
+    node = {
+        "driver": "raw",
+        "node-name": SEED_NODE,
+        "read-only": True,
+        "file": {"driver": "file", "filename": str(seed), "read-only": True},
+    }
+    device = {"driver": "virtio-blk-pci", "drive": SEED_NODE, "bus": SEED_PORT, "id": SEED_DEVICE}
+    for command, args in (("blockdev-add", node), ("device_add", device)):
+        reply = qmp(qmp_address, command, arguments=args)
+        if "error" in reply:
+            raise OSError(f"{command} of the seed: {reply['error'].get('desc')}")
+
+
 def build_argv(spec: QemuSpec) -> list[str]:
     """The whole QEMU command line for `spec`, as a list.
 
@@ -221,10 +244,18 @@ def build_argv(spec: QemuSpec) -> list[str]:
         f"file={opt_escape(spec.disk)},if=none,id=disk0,format=qcow2,discard=unmap",
         "-device",
         "virtio-blk-pci,drive=disk0",
-        "-drive",
-        f"file={opt_escape(spec.seed)},if=none,id=seed0,format=raw,readonly=on",
+        # The seed sits behind a PCIe root port, where it can also be hot-plugged.
         "-device",
-        "virtio-blk-pci,drive=seed0",
+        f"pcie-root-port,id={SEED_PORT},chassis=1",
+    ]
+    if spec.seed_attached:
+        argv += [
+            "-drive",
+            f"file={opt_escape(spec.seed)},if=none,id={SEED_NODE},format=raw,readonly=on",
+            "-device",
+            f"virtio-blk-pci,drive={SEED_NODE},bus={SEED_PORT},id={SEED_DEVICE}",
+        ]
+    argv += [
         "-netdev",
         f"user,id=net0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
         "-device",
@@ -682,6 +713,16 @@ class _GuestAgent:
             return self._receive()
         except (OSError, ValueError) as e:
             raise GuestAgentError(f"{command}: {e}") from None
+
+    def set_time(self) -> None:
+        """The guest's clock to the host's, set by the agent itself: a command started
+        for it (`date -s`) runs 0.1-2 s after its time was taken under TCG. The agent
+        then runs `hwclock -w`, which our image has not got; the clock is set anyway."""
+        try:
+            self.call("guest-set-time", time=time.time_ns())
+        except GuestAgentError as e:
+            if "hwclock" not in str(e):
+                raise
 
     def read_file(self, path: str, limit: int = 1 << 20) -> bytes:
         """A guest file's bytes, read by the agent itself: no process started in the

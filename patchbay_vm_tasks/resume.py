@@ -24,9 +24,7 @@ from .settings import VmSettings
 from .state import StateDir
 from .ui import say, spinner, warn
 
-# QEMU waits for the saved state (`migrate-incoming`) and keeps the guest paused after
-# it, so the state can be deleted before the guest runs and moves its disk on.
-RESUME_ARGS = ("-S", "-incoming", "defer")
+RESUME_ARGS = savedstate.RESUME_ARGS
 
 
 # virtiofs cannot be saved (vhost-user-fs does not migrate, and its shared memory makes
@@ -115,7 +113,7 @@ def resume(settings: VmSettings, state: StateDir) -> runtime.Vm | None:
             qmp = runtime.qmp_address(state, record)
             owned.callback(qemu.quit_now, record["pid"], qmp, marker)
             with spinner(f"resuming {settings.name}"):
-                savedstate.restore(state, qmp, meta["fingerprint"]["qemu_version"])
+                savedstate.restore(state.saved_state, qmp, meta["fingerprint"]["qemu_version"])
                 # From here the disk moves on: the state must never be loaded again.
                 savedstate.discard(state)
                 reply = qemu.qmp(qmp, "cont")
@@ -123,7 +121,7 @@ def resume(settings: VmSettings, state: StateDir) -> runtime.Vm | None:
                     raise savedstate.RestoreFailed(reply["error"].get("desc", "cont failed"))
                 # The fstab lines and sysctl of the boot are in the saved guest already.
                 remount = f"mount -a -t 9p -O {shares.FSTAB_MARK}"
-                remount = remount if saved["fs_mode"] == "9p" else "true"
+                remount = remount if saved["fs_mode"] == "9p" else ""
                 savedstate.refresh_guest(runtime.qga_address(state, record), remount)
             record.update(guest_agent=True, resumed=True)
             record["resume_seconds"] = round(time.monotonic() - started, 2)

@@ -37,6 +37,11 @@ FORMAT = 1
 UNLIMITED_BANDWIDTH = 100 << 30
 
 
+# QEMU waits for a saved state (`migrate-incoming`) and keeps the guest paused after
+# it, so the state can be deleted before the guest runs and moves its disk on.
+RESUME_ARGS = ("-S", "-incoming", "defer")
+
+
 class SaveFailed(Exception):
     pass
 
@@ -176,7 +181,7 @@ def _migration_status(qmp: qemu.Address) -> dict[str, Any]:
     return qemu.qmp(qmp, "query-migrate").get("return", {})
 
 
-def _wait_migration(qmp: qemu.Address, timeout: float) -> None:
+def wait_migration(qmp: qemu.Address, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = _migration_status(qmp)
@@ -187,6 +192,20 @@ def _wait_migration(qmp: qemu.Address, timeout: float) -> None:
             raise RestoreFailed(info.get("error-desc", f"migration {status}"))
         time.sleep(0.05)
     raise RestoreFailed(f"the migration did not finish in {timeout:.0f} s")
+
+
+def write_stopped(qmp: qemu.Address, dest: Path, version: str, timeout: float) -> None:
+    """Stop the guest and write its state to `dest`. The guest stays stopped, its
+    disks flushed and released by QEMU until a `cont`. Raises RestoreFailed (or
+    OSError, ValueError: QMP) with the guest stopped."""
+    params = {"max-bandwidth": UNLIMITED_BANDWIDTH}
+    qemu.qmp(qmp, "migrate-set-parameters", arguments=params)
+    qemu.qmp(qmp, "stop")
+    uri = migration_uri(dest, version, write=True)
+    reply = qemu.qmp(qmp, "migrate", arguments={"uri": uri})
+    if "error" in reply:
+        raise RestoreFailed(reply["error"].get("desc", "migrate refused"))
+    wait_migration(qmp, timeout)
 
 
 def save(
@@ -206,14 +225,7 @@ def save(
     tmp = _partial(state)
     discard(state)
     try:
-        params = {"max-bandwidth": UNLIMITED_BANDWIDTH}
-        qemu.qmp(qmp, "migrate-set-parameters", arguments=params)
-        qemu.qmp(qmp, "stop")
-        uri = migration_uri(tmp, fp["qemu_version"], write=True)
-        reply = qemu.qmp(qmp, "migrate", arguments={"uri": uri})
-        if "error" in reply:
-            raise RestoreFailed(reply["error"].get("desc", "migrate refused"))
-        _wait_migration(qmp, timeout)
+        write_stopped(qmp, tmp, fp["qemu_version"], timeout)
     except (OSError, ValueError, RestoreFailed) as e:
         tmp.unlink(missing_ok=True)
         with contextlib.suppress(OSError, ValueError):
@@ -241,22 +253,22 @@ def save(
 # --- restore ---------------------------------------------------------------------
 
 
-def restore(state: StateDir, qmp: qemu.Address, version: str, timeout: float = 120.0) -> None:
-    """Load the saved state into a QEMU started with `-incoming defer -S`; the guest
-    stays paused (`cont` runs it)."""
-    uri = migration_uri(state.saved_state, version, write=False)
+def restore(source: Path, qmp: qemu.Address, version: str, timeout: float = 120.0) -> None:
+    """Load a saved state (a file QEMU wrote with `migrate`) into a QEMU started with
+    `-incoming defer -S`; the guest stays paused (`cont` runs it)."""
+    uri = migration_uri(source, version, write=False)
     try:
         reply = qemu.qmp(qmp, "migrate-incoming", arguments={"uri": uri})
         if "error" in reply:
             raise RestoreFailed(reply["error"].get("desc", "migrate-incoming refused"))
-        _wait_migration(qmp, timeout)
+        wait_migration(qmp, timeout)
     except (OSError, ValueError) as e:
         raise RestoreFailed(str(e)) from None
 
 
 def refresh_guest(qga: qemu.Address, remount: str, timeout: float = 60.0) -> None:
     """After a restore: the guest's clock to the host's, fresh entropy, the shares
-    mounted again (`remount`, shell). All through the guest agent, no SSH handshake;
+    mounted again (`remount`, shell; empty: none). All through the guest agent, no SSH handshake;
     one process in the guest, since each costs 0.1-0.6 s under TCG."""
     deadline = time.monotonic() + timeout
     while True:
@@ -275,9 +287,9 @@ def refresh_guest(qga: qemu.Address, remount: str, timeout: float = 60.0) -> Non
             agent.call("guest-file-write", handle=handle, buf_b64=_b64(os.urandom(64)))
             agent.call("guest-file-close", handle=handle)
             # The guest's clock stood still while it was saved.
-            script = f"date -u -s @{time.time():.6f} >/dev/null && {remount}"
-            if agent.run(["/bin/sh", "-c", script], timeout=timeout) != 0:
-                raise RestoreFailed("setting the clock or mounting the shares failed")
+            agent.set_time()
+            if remount and agent.run(["/bin/sh", "-c", remount], timeout=timeout) != 0:
+                raise RestoreFailed("mounting the shares failed")
         except qemu.GuestAgentError as e:
             raise RestoreFailed(str(e)) from None
 
