@@ -17,7 +17,8 @@ if (Path(__file__).resolve().parent / "benchmarks" / "vm_speed.py").is_file():
     @task(
         help={
             "runs": "Samples per warm case (default 5).",
-            "cold_runs": "Cold first boots of a new VM (default 3).",
+            "cold_runs": "Cold first boots of a new VM from its image's template (default 3), "
+            "after one that makes the template.",
             "stage_mb": "MB staged into /work and read in the guest (default 200).",
             "label": "Name for the JSON file in benchmarks/results/ (e.g. before, after).",
             "fs": "fs modes to stage with, comma-separated (default 9p,virtiofs); the first "

@@ -123,6 +123,8 @@ GUEST_FILES_DIR = Path(__file__).parent / "guest-image"
 GUEST_FILES = {
     "patchbay-gate": "/usr/local/sbin",
     "patchbay-gate.service": "/etc/systemd/system",
+    "wait-online-ipv4.conf": "/etc/systemd/system/systemd-networkd-wait-online.service.d",
+    "ssh-no-config-test.conf": "/etc/systemd/system/ssh.service.d",
 }
 # On the kernel command line of our images: the boot waits at patchbay-gate for a seed.
 GATE_PARAM = "patchbay.gate"
@@ -419,6 +421,8 @@ def _build(suite: str, arch: str, mirror: str, out: Path) -> None:
             f"--architectures={arch}",
             "--include=" + ",".join([f"linux-image-{arch}", *GUEST_PACKAGES]),
             "--setup-hook=" + _SETUP,
+            # copy-in needs the folders; their names are ours, constant.
+            '--customize-hook=mkdir -p "$1"' + ' "$1"'.join(sorted(set(GUEST_FILES.values()))),
             *[
                 f"--customize-hook=copy-in {GUEST_FILES_DIR / name} {dest}"
                 for name, dest in GUEST_FILES.items()

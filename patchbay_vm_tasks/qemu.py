@@ -741,12 +741,22 @@ class _GuestAgent:
 
     def run(self, argv: list[str], timeout: float = 5.0) -> int:
         """Run `argv` in the guest (as root, no shell); its exit code."""
-        pid = self.call("guest-exec", path=argv[0], arg=argv[1:])["pid"]
+        return self.run_captured(argv, timeout, capture=False)[0]
+
+    def run_captured(
+        self, argv: list[str], timeout: float = 5.0, capture: bool = True
+    ) -> tuple[int, str]:
+        """Run `argv` in the guest (as root, no shell); its exit code and output
+        (stdout, then stderr)."""
+        pid = self.call("guest-exec", path=argv[0], arg=argv[1:], capture_output=capture)["pid"]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.call("guest-exec-status", pid=pid)
             if status.get("exited"):
-                return int(status.get("exitcode", -1))
+                out = b"".join(
+                    base64.b64decode(status.get(k, "")) for k in ("out-data", "err-data")
+                )
+                return int(status.get("exitcode", -1)), out.decode(errors="replace")
             time.sleep(0.01)
         raise GuestAgentError(f"{argv[0]} did not finish in {timeout:.0f} s")
 
