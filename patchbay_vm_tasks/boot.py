@@ -239,9 +239,7 @@ def _start_from_template(
         owned.callback(qemu.quit_now, record["pid"], qmp, marker)
         with spinner(f"starting {settings.name} from its image's template"):
             savedstate.restore(tpl.state, qmp, qemu.version(settings.qemu_bin))
-            reply = qemu.qmp(qmp, "cont")
-            if "error" in reply:
-                raise savedstate.RestoreFailed(reply["error"].get("desc", "cont failed"))
+            savedstate.run_guest(qmp)
     except (savedstate.RestoreFailed, OSError, ValueError) as e:
         owned.close()
         templates.discard(tpl)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -310,6 +311,7 @@ def build_argv(spec: QemuSpec) -> list[str]:
     return argv
 
 
+@functools.cache  # asked by the boot, the template and the resume paths alike
 def version(qemu_bin: str) -> str:
     """`QEMU emulator version 7.2.19 (...)` -> `7.2.19`; "" when it cannot be told."""
     try:

@@ -116,9 +116,7 @@ def resume(settings: VmSettings, state: StateDir) -> runtime.Vm | None:
                 savedstate.restore(state.saved_state, qmp, meta["fingerprint"]["qemu_version"])
                 # From here the disk moves on: the state must never be loaded again.
                 savedstate.discard(state)
-                reply = qemu.qmp(qmp, "cont")
-                if "error" in reply:
-                    raise savedstate.RestoreFailed(reply["error"].get("desc", "cont failed"))
+                savedstate.run_guest(qmp)
                 # The fstab lines and sysctl of the boot are in the saved guest already.
                 remount = f"mount -a -t 9p -O {shares.FSTAB_MARK}"
                 remount = remount if saved["fs_mode"] == "9p" else ""

@@ -266,6 +266,13 @@ def restore(source: Path, qmp: qemu.Address, version: str, timeout: float = 120.
         raise RestoreFailed(str(e)) from None
 
 
+def run_guest(qmp: qemu.Address) -> None:
+    """`cont` a restored guest; RestoreFailed when QEMU refuses."""
+    reply = qemu.qmp(qmp, "cont")
+    if "error" in reply:
+        raise RestoreFailed(reply["error"].get("desc", "cont failed"))
+
+
 def refresh_guest(qga: qemu.Address, remount: str, timeout: float = 60.0) -> None:
     """After a restore: the guest's clock to the host's, fresh entropy, the shares
     mounted again (`remount`, shell; empty: none). All through the guest agent, no SSH handshake;

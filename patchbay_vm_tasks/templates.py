@@ -157,8 +157,9 @@ def save(
     except Timeout:
         return None
     try:
-        if find(cache, name):
-            return Template(cache / name)
+        existing = find(cache, name)
+        if existing:
+            return existing
         work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
         tpl = Template(work)
         started = time.monotonic()
