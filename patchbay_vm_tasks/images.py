@@ -86,6 +86,16 @@ printf '%s\n' 'datasource_list: [NoCloud, None]' 'system_info:' '  network:' \
   > "$root/etc/cloud/cloud.cfg.d/90-patchbay.cfg"
 # netplan enabled networkd before; cloud-init's own renderer does not.
 chroot "$root" systemctl enable --quiet systemd-networkd.service
+# cloud-init's network stage reads nothing from the network (the seed is a local
+# disk), so it need not wait for DHCP: the shipped unit without that ordering (a
+# drop-in cannot remove one). network-online.target still waits for the address.
+for unit in cloud-init-network.service cloud-init.service; do
+  src="$root/usr/lib/systemd/system/$unit"
+  if [ -e "$src" ]; then
+    sed '/^After=systemd-networkd-wait-online.service$/d' "$src" \
+      > "$root/etc/systemd/system/$unit"
+  fi
+done
 # The gate a template is saved at (copied in from guest-image/ before this hook).
 chmod 755 "$root/usr/local/sbin/patchbay-gate"
 chroot "$root" systemctl enable --quiet patchbay-gate.service

@@ -98,6 +98,29 @@ def test_guest_provisioned(vm: VmEnv) -> None:
     assert "\n1\n" in out.stdout
 
 
+def test_sshd_takes_keys_only_and_the_boot_orders_what_needs_the_network(vm: VmEnv) -> None:
+    script = (
+        "sudo sshd -T | grep -E '^(usepam|passwordauthentication|kbdinteractiveauthentication) '; "
+        "systemctl show -p After --value cloud-init-network.service | tr ' ' '\\n' "
+        "| grep -c wait-online || true; "
+        "systemctl show -p Before --value systemd-networkd-wait-online.service | tr ' ' '\\n' "
+        "| grep -x network-online.target; "
+        "grep -c 'sshd_config.d/\\*.conf' /etc/ssh/sshd_config"
+    )
+    out = vm.invoke("vm.ssh", "--", "sh", "-c", script)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "usepam no",
+        "passwordauthentication no",
+        "kbdinteractiveauthentication no",
+        # The network stage reads a local seed: it does not wait for DHCP; network-online
+        # (what user-data's packages and a user's units wait for) still does.
+        "0",
+        "network-online.target",
+        "1",
+    ]
+
+
 def test_work_is_shared_read_write_and_app_read_only(vm: VmEnv) -> None:
     marker = f"written-{os.getpid()}-{time.time_ns()}"
     out = vm.invoke("vm.ssh", "--", "sh", "-c", f"echo {marker} > /work/from-guest.txt")
