@@ -211,5 +211,5 @@ def proxy_script(env: Mapping[str, str]) -> str:
     if apt:
         lines.append(f"printf '%s\\n' {' '.join(shlex.quote(a) for a in apt)} > {APT_PROXY_CONF}")
     else:
-        lines.append(f"rm -f {APT_PROXY_CONF}")
+        lines.append(f"[ ! -e {APT_PROXY_CONF} ] || rm -f {APT_PROXY_CONF}")
     return "\n".join(lines)

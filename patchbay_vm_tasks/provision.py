@@ -6,12 +6,27 @@ only checks; on the official cloud image the first run installs the packages.
 
 from __future__ import annotations
 
+import shlex
+
 # python3 (3.11+) runs the builtin runner; openssl makes its gen-certs step's certificates;
 # rsync, so that `rsync -e "ssh -F <vm.ssh-config>"` works.
 PACKAGES = (
     "iproute2 nftables iptables iperf3 iputils-ping bridge-utils jq curl python3 openssl rsync"
 )
 COMMANDS = "ip nft iptables iperf3 ping brctl jq curl python3 openssl rsync"
+
+
+def ensure_line_script(path: str, line: str) -> str:
+    """Shell lines that append `line` to the file at `path` unless it holds that line
+    already. Looked for with builtins: each process costs 0.1-0.5 s under TCG, and a
+    new VM provisions while it boots."""
+    p, want = shlex.quote(path), shlex.quote(line)
+    return f"""listed=
+if [ -e {p} ]; then
+  while IFS= read -r line || [ -n "$line" ]; do [ "$line" != {want} ] || listed=1; done < {p}
+fi
+[ -n "$listed" ] || echo {want} >> {p}"""
+
 
 SCRIPT = f"""\
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -22,7 +37,7 @@ if [ -n "$missing" ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >&2 && apt-get install -y -q --no-install-recommends {PACKAGES} >&2
 fi
-modprobe sch_netem
+[ -d /sys/module/sch_netem ] || modprobe sch_netem
 echo 1 > /proc/sys/net/ipv4/ip_forward
 if [ -e /proc/sys/kernel/unprivileged_userns_clone ]; then
   echo 1 > /proc/sys/kernel/unprivileged_userns_clone
@@ -35,8 +50,7 @@ if [ ! -e /etc/sysctl.d/90-patchbay.conf ]; then
   printf '%s\\n' net.ipv4.ip_forward=1 kernel.unprivileged_userns_clone=1 \\
     > /etc/sysctl.d/90-patchbay.conf
 fi
-grep -qx sch_netem /etc/modules-load.d/patchbay.conf 2>/dev/null \\
-  || echo sch_netem >> /etc/modules-load.d/patchbay.conf
+{ensure_line_script("/etc/modules-load.d/patchbay.conf", "sch_netem")}
 # cloud-init has just replaced the host keys; a VM killed before the guest's
 # page cache reached the disk would boot without any (sshd: no hostkeys).
 sync

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import guest, lifecycle, ports, shares
+from patchbay_vm_tasks import guest, lifecycle, ports, provision, shares
 from patchbay_vm_tasks.errors import VmUnavailable
 from patchbay_vm_tasks.qemu import Share
 
@@ -95,7 +95,7 @@ def test_mount_script_is_valid_shell_and_mounts_each_share(fs_mode) -> None:
     fstype = "9p" if fs_mode == "9p" else "virtiofs"
     assert f"mount -t {fstype} -o ro" in script and "app /app" in script
     assert "target /target" in script and "work /work" in script
-    assert script.count("mountpoint -q") == 3
+    assert script.count("pb_mounted /") == 3
     if fs_mode == "9p":
         assert "trans=virtio" in script
 
@@ -148,17 +148,76 @@ def test_9p_caches_pages_and_writes_them_back_within_a_second() -> None:
     assert shares.mount_options("virtiofs", "rw") == ("virtiofs", "rw")
     script = shares.mount_script([("/work", Path("/w"), "rw")], "9p", "dev")
     assert "vm.dirty_writeback_centisecs = 100" in script
-    assert "sysctl -q -p /etc/sysctl.d/60-patchbay-work.conf" in script
+    assert "echo 100 > /proc/sys/vm/dirty_writeback_centisecs" in script
     assert "sysctl" not in shares.mount_script([("/work", Path("/w"), "rw")], "virtiofs", "dev")
 
 
 def test_mount_script_keeps_the_mounts_in_the_guests_fstab() -> None:
     mounts = [("/app", Path("/p"), "ro"), ("/work", Path("/w"), "rw")]
     script = shares.mount_script(mounts, "virtiofs", "dev")
-    # Our earlier lines are dropped first, so a second run never duplicates them.
-    assert "grep -v x-patchbay-vm /etc/fstab" in script
-    assert "'app /app virtiofs ro,nofail,x-patchbay-vm 0 0'" in script
-    assert "'work /work virtiofs rw,nofail,x-patchbay-vm 0 0'" in script
+    assert shares.fstab_script(
+        ["app /app virtiofs ro,nofail,x-patchbay-vm 0 0",
+         "work /work virtiofs rw,nofail,x-patchbay-vm 0 0"]
+    ) in script  # fmt: skip
+
+
+ROOT = "/dev/vda / ext4 defaults 0 1"
+OURS = ["app /app 9p ro,nofail,x-patchbay-vm 0 0", "work /work 9p rw,nofail,x-patchbay-vm 0 0"]
+
+
+@pytest.mark.parametrize(
+    ("before", "lines", "after"),
+    [
+        (f"{ROOT}\n", OURS, f"{ROOT}\n{OURS[0]}\n{OURS[1]}\n"),
+        # Lines of an earlier version (other options) are replaced, never duplicated.
+        (f"{ROOT}\nwork /work 9p rw,old,x-patchbay-vm 0 0\n# kept\n", OURS,
+         f"{ROOT}\n# kept\n{OURS[0]}\n{OURS[1]}\n"),
+        (f"{ROOT}", OURS, f"{ROOT}\n{OURS[0]}\n{OURS[1]}\n"),  # no newline at the end
+        (None, OURS, f"{OURS[0]}\n{OURS[1]}\n"),  # no fstab at all
+        (f"{ROOT}\n{OURS[1]}\n", [], f"{ROOT}\n"),  # fs none: ours dropped
+        ("", [], ""),
+    ],
+)  # fmt: skip
+def test_fstab_script_makes_our_lines_exactly_the_given_ones(tmp_path, before, lines, after):
+    fstab = tmp_path / "fstab"
+    if before is not None:
+        fstab.write_text(before)
+    subprocess.run(["sh", "-euc", shares.fstab_script(lines, str(fstab))], check=True)
+    assert fstab.read_text() == after
+    assert not (tmp_path / "fstab.patchbay").exists()
+
+
+def test_fstab_script_leaves_a_right_fstab_alone(tmp_path) -> None:
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{ROOT}\n{OURS[0]}\n{OURS[1]}\n")
+    inode = fstab.stat().st_ino
+    subprocess.run(["sh", "-euc", shares.fstab_script(OURS, str(fstab))], check=True)
+    assert fstab.stat().st_ino == inode  # not replaced: nothing to change
+
+
+def test_mount_points_are_told_from_the_mount_table_with_builtins() -> None:
+    script = shares._MOUNTED + "\npb_mounted /proc && echo proc; pb_mounted /pro || echo pro"
+    out = subprocess.run(["sh", "-euc", script], capture_output=True, text=True, check=True)
+    assert out.stdout == "proc\npro\n"
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, "sch_netem\n"),
+        ("9p\n", "9p\nsch_netem\n"),
+        ("9p\nsch_netem\n", "9p\nsch_netem\n"),
+        ("sch_netem", "sch_netem"),  # no newline at the end: still there
+        ("sch_netem_x\n", "sch_netem_x\nsch_netem\n"),
+    ],
+)
+def test_ensure_line_appends_only_a_missing_line(tmp_path, before, after) -> None:
+    conf = tmp_path / "modules.conf"
+    if before is not None:
+        conf.write_text(before)
+    script = provision.ensure_line_script(str(conf), "sch_netem")
+    subprocess.run(["sh", "-euc", script], check=True)
+    assert conf.read_text() == after
 
 
 TABLE = """/dev/vda / ext4 rw,relatime 0 0
@@ -207,7 +266,7 @@ def test_fs_mode_none_script_makes_the_folders_for_the_guest_user() -> None:
     for folder in ("/app", "/target", "/work"):
         assert f"mkdir -p {folder}; chown dev: {folder}" in script
     # Share lines of an earlier boot are dropped from fstab, none are added.
-    assert "grep -v x-patchbay-vm /etc/fstab" in script and "nofail" not in script
+    assert shares.fstab_script([]) in script and "nofail" not in script
     assert f"touch {shares.COPIED_MARK}" in script
 
 

@@ -309,7 +309,10 @@ def test_proxy_script_sets_apt_and_the_environment(tmp_path) -> None:
     out = subprocess.run(["sh", "-euc", shell], capture_output=True, text=True, check=True)
     assert out.stdout == "http://10.0.2.2:3128\n"
     assert apt_conf.read_text() == 'Acquire::http::Proxy "http://10.0.2.2:3128";\n'
-    assert guest.proxy_script({}) == f"rm -f {guest.APT_PROXY_CONF}"
+    apt_conf.write_text("stale")
+    nothing = guest.proxy_script({}).replace(guest.APT_PROXY_CONF, str(apt_conf))
+    subprocess.run(["sh", "-euc", nothing + "\n" + nothing], check=True)
+    assert not apt_conf.exists()
 
 
 # --- test.run --timeout -----------------------------------------------------------
