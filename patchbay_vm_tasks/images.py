@@ -53,9 +53,8 @@ GUEST_PACKAGES = [
     "procps",
     "initramfs-tools",
     "zstd",
-    # A warm `vm.up` asks the guest agent (a virtio-serial port) instead of SSH.
-    "qemu-guest-agent",
-    *provision.PACKAGES.split(),  # the network tools, the same list provisioning installs
+    # The network tools and the guest agent: the list provisioning installs elsewhere.
+    *provision.PACKAGES.split(),
 ]
 
 # Written before the packages are installed, so the kernel's package builds a small

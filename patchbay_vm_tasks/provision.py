@@ -9,11 +9,13 @@ from __future__ import annotations
 import shlex
 
 # python3 (3.11+) runs the builtin runner; openssl makes its gen-certs step's certificates;
-# rsync, so that `rsync -e "ssh -F <vm.ssh-config>"` works.
+# rsync, so that `rsync -e "ssh -F <vm.ssh-config>"` works; the QEMU guest agent, so that
+# `vm.down` can save the guest and a warm `vm.up` needs no SSH session.
 PACKAGES = (
-    "iproute2 nftables iptables iperf3 iputils-ping bridge-utils jq curl python3 openssl rsync"
+    "iproute2 nftables iptables iperf3 iputils-ping bridge-utils jq curl python3 openssl rsync "
+    "qemu-guest-agent"
 )
-COMMANDS = "ip nft iptables iperf3 ping brctl jq curl python3 openssl rsync"
+COMMANDS = "ip nft iptables iperf3 ping brctl jq curl python3 openssl rsync qemu-ga"
 
 
 def ensure_line_script(path: str, line: str) -> str:
@@ -36,6 +38,8 @@ if [ -n "$missing" ]; then
   echo "installing packages for:$missing" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >&2 && apt-get install -y -q --no-install-recommends {PACKAGES} >&2
+  # udev starts the agent when its port appears, which was before it was installed.
+  systemctl start qemu-guest-agent >&2 || true
 fi
 [ -d /sys/module/sch_netem ] || modprobe sch_netem
 echo 1 > /proc/sys/net/ipv4/ip_forward
