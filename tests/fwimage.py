@@ -1,8 +1,9 @@
 """A firmware-shaped test image, built here (issue 11): one GPT disk holding an EFI
 system partition (systemd-boot as the removable-media loader, the kernel and initrd
 beside it) and an ext4 root, so that the firmware boots it with no kernel from the
-host, as it boots Debian's cloud images. Like a fresh cloud image, it has cloud-init
-and sshd but not the network tools: the VM's provisioning installs them from the mirror.
+host, as it boots Debian's cloud images. Like a fresh cloud image, it has cloud-init,
+sshd and iproute2 but not the tools a lab needs (nftables, iperf3, jq, ...) nor the
+guest agent: the VM's provisioning installs them from the mirror.
 
 Built without loop devices or root mounts: mmdebstrap makes the tree, mkfs.vfat and
 mtools the ESP, mke2fs -d the root, sfdisk the partition table, and the two
