@@ -2,8 +2,8 @@
 system partition (systemd-boot as the removable-media loader, the kernel and initrd
 beside it) and an ext4 root, so that the firmware boots it with no kernel from the
 host, as it boots Debian's cloud images. Like a fresh cloud image, it has cloud-init,
-sshd and iproute2 but not the tools a lab needs (nftables, iperf3, jq, ...) nor the
-guest agent: the VM's provisioning installs them from the mirror.
+sshd and common tools but not iperf3, jq or the guest agent: the VM's provisioning
+installs them from the mirror.
 
 Built without loop devices or root mounts: mmdebstrap makes the tree, mkfs.vfat and
 mtools the ESP, mke2fs -d the root, sfdisk the partition table, and the two
@@ -33,13 +33,17 @@ LOADER = {
     "amd64": ("systemd-bootx64.efi", "BOOTX64.EFI"),
     "arm64": ("systemd-bootaa64.efi", "BOOTAA64.EFI"),
 }
-# What a Debian cloud image has that the tests rely on: iproute2 (cloud-init's networkd
-# renderer needs `ip`), growpart and resize2fs (the root partition fills the VM's disk).
+# What a Debian cloud image has: iproute2 (cloud-init's networkd renderer needs `ip`),
+# growpart and resize2fs (the root partition fills the VM's disk), and the common tools,
+# so that provisioning installs only what a cloud image lacks (MISSING): each package
+# costs seconds to unpack under TCG, and CI's time is counted.
 PACKAGES = [
     "systemd-sysv", "udev", "kmod", "systemd-resolved", "openssh-server", "cloud-init",
     "sudo", "ca-certificates", "initramfs-tools", "systemd-boot-efi", "iproute2",
-    "e2fsprogs", "cloud-guest-utils",
+    "e2fsprogs", "cloud-guest-utils", "nftables", "iptables", "iputils-ping",
+    "bridge-utils", "curl", "python3", "openssl", "rsync",
 ]  # fmt: skip
+MISSING = ["iperf3", "jq", "qemu-guest-agent"]
 
 # What the cloud image's own build sets up: root by partition, networkd for cloud-init's
 # network config, the NoCloud seed (no other datasource to probe), host keys from the seed.

@@ -110,16 +110,20 @@ def test_cloud_init_and_provisioning_made_it_a_patchbay_guest(fwvm: VmEnv) -> No
         fwvm,
         "export PATH=/usr/sbin:$PATH; hostname; cloud-init status --long | grep -c 'seed=/dev/'; "
         f"grep -cx {shlex.quote(install)} /var/log/apt/history.log; "
+        f"grep -A2 -x {shlex.quote(install)} /var/log/apt/history.log | grep '^Install:'; "
         "for c in iperf3 nft jq; do command -v $c > /dev/null && echo $c; done; "
         "mount | grep -c ' type 9p '; df --output=size -BG / | tail -1",
     )
     lines = out.splitlines()
     assert lines[0] == NAME
     assert lines[1] == "1"  # configured from our seed
-    assert lines[2] == "1"  # the image lacked the tools: installed once, from the mirror
-    assert lines[3:6] == ["iperf3", "nft", "jq"]
-    assert lines[6] == "3"  # /app, /target, /work over 9p
-    assert int(lines[7].strip().rstrip("G")) >= 7  # growpart: the root fills the 8 GB disk
+    assert lines[2] == "1"  # the image lacked tools: installed once, from the mirror
+    # "Install: iperf3:amd64 (3.18-2), libiperf0:amd64 (3.18-2, automatic), ..."
+    installed = {item.split(":")[0].strip() for item in lines[3].split(" ", 1)[1].split("),")}
+    assert set(fwimage.MISSING) <= installed, lines[3]
+    assert lines[4:7] == ["iperf3", "nft", "jq"]
+    assert lines[7] == "3"  # /app, /target, /work over 9p
+    assert int(lines[8].strip().rstrip("G")) >= 7  # growpart: the root fills the 8 GB disk
 
 
 def test_builtin_runner_runs_a_sim_with_the_installed_tools(fwvm: VmEnv) -> None:
