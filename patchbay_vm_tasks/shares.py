@@ -227,8 +227,8 @@ def mount_script(mounts: list[tuple[str, Path, str]], fs_mode: str, user: str) -
     u = shlex.quote(user)
     lines.append(
         "if command -v setpriv > /dev/null; then "
-        f"setpriv --reuid={u} --regid={u} --init-groups test -w /work || chmod a+rwx /work; "
-        f"else su -s /bin/sh {u} -c 'test -w /work' || chmod a+rwx /work; fi"
+        f"setpriv --reuid={u} --regid={u} --init-groups test -w /work; "
+        f"else su -s /bin/sh {u} -c 'test -w /work'; fi || chmod a+rwx /work"
     )
     return "\n".join(lines)
 
