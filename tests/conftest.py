@@ -4,9 +4,8 @@ which this machine cannot reach) and the one booted VM that VM tests share."""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -46,14 +45,10 @@ def http_server() -> Iterator[tuple[str, Routes]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", routes
-    finally:
-        server.shutdown()
-        server.server_close()
+    from vmfixtures import serving  # here: pytest_plugins registers the module first
+
+    with serving(Handler) as base:
+        yield base, routes
 
 
 # The patchbay sim corpus lies beside the repo (../shared/sims-from-patchbay); it is read

@@ -14,13 +14,12 @@ import http.server
 import json
 import shlex
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import fwimage
 import pytest
-from vmfixtures import TIMINGS, VmEnv, make_project, vm_env
+from vmfixtures import TIMINGS, VmEnv, make_project, serving, vm_env
 
 from patchbay_vm_tasks import provision
 
@@ -48,14 +47,8 @@ def served_image(tmp_path_factory: pytest.TempPathFactory):
     fwimage.write_sha512sums(root / IMAGE)
     TIMINGS["firmware-shaped image: build (s)"] = round(time.monotonic() - started, 1)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/{IMAGE}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(handler) as base:
+        yield f"{base}/{IMAGE}"
 
 
 @pytest.fixture(scope="module")
