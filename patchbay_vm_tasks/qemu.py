@@ -99,12 +99,18 @@ def opt_escape(value: str | PurePath) -> str:
 def cpu_model(accel: str, arch: str = "amd64") -> str:
     """`host` under KVM and HVF; `max` under TCG (all it can emulate).
 
+    An arm64 `max` under TCG authenticates pointers with QEMU's own cheap algorithm
+    (`pauth-impdef`) instead of the architected QARMA5: Debian's arm64 programs sign
+    every return address, and QARMA5 made them run ~7x slower under emulation. The
+    property exists only under TCG (QEMU refuses it with KVM or HVF).
     WHPX on x86 has no `host` model (QEMU: "requires KVM or HVF"), and `max` stops with
     "Unexpected VP exit code 4" on AMD hosts (QEMU issue 1043): QEMU's default model.
     """
     if accel == "whpx":
         return "max" if arch == "arm64" else "qemu64"
-    return "max" if accel == "tcg" else "host"
+    if accel == "tcg":
+        return "max,pauth-impdef=on" if arch == "arm64" else "max"
+    return "host"
 
 
 # The settings' default (SPEC 3); a count other than this one was asked for.

@@ -48,7 +48,7 @@ def after(argv: list[str], flag: str) -> list[str]:
         ("tcg", "amd64", "tcg,thread=multi", "max", "q35"),
         ("kvm", "amd64", "kvm", "host", "q35"),
         ("hvf", "arm64", "hvf", "host", "virt,highmem=on"),
-        ("tcg", "arm64", "tcg,thread=multi", "max", "virt,gic-version=max"),
+        ("tcg", "arm64", "tcg,thread=multi", "max,pauth-impdef=on", "virt,gic-version=max"),
         ("kvm", "arm64", "kvm", "host", "virt,gic-version=host"),
         ("whpx", "amd64", "whpx,kernel-irqchip=off", "qemu64", "q35"),
         ("whpx", "arm64", "whpx", "max", "virt,gic-version=max"),
