@@ -1,10 +1,12 @@
-"""The firmware path, booted (issue 11): an image carrying its own bootloader
-(tests/fwimage.py: GPT, ESP with systemd-boot, ext4 root), built here from the mirror and
-downloaded by `vm.up` from a server on 127.0.0.1 (it stands in for cloud.debian.org,
-which this machine cannot reach), boots through OVMF with `QEMU_VM_FIRMWARE=uefi` and no
-kernel from the host. cloud-init configures it from our seed, the provisioning installs
-the network tools it lacks from the Debian mirror through QEMU's user network, the
-builtin runner runs a sim on it, and its saved state resumes with its firmware variables.
+"""The firmware path, booted (issue 11): an image carrying its own bootloaders
+(tests/fwimage.py: GPT, ESP with systemd-boot, GRUB for BIOS, ext4 root), built here
+from the mirror and downloaded by `vm.up` from a server on 127.0.0.1 (it stands in for
+cloud.debian.org, which this machine cannot reach), boots through OVMF with
+`QEMU_VM_FIRMWARE=uefi` and no kernel from the host. cloud-init configures it from our
+seed, the provisioning installs the network tools it lacks from the Debian mirror
+through QEMU's user network, the builtin runner runs a sim on it, and its saved state
+resumes with its firmware variables. Powered off, the same disk boots through SeaBIOS,
+the x86_64 default.
 """
 
 from __future__ import annotations
@@ -141,3 +143,23 @@ def test_saved_state_resumes_with_its_firmware_variables(fwvm: VmEnv) -> None:
     assert "resumed after" in up.stderr, up.stderr
     after = _guest(fwvm, "cat /proc/sys/kernel/random/boot_id; test -d /sys/firmware/efi")
     assert after.strip() == before
+
+
+def test_the_same_disk_boots_through_seabios_by_default(fwvm: VmEnv) -> None:
+    # Debian's cloud images boot through SeaBIOS unless UEFI is asked for; the test
+    # image carries GRUB for BIOS beside systemd-boot, as they do. The VM's disk,
+    # powered off, boots again with the firmware setting left at auto.
+    down = fwvm.invoke("vm.down", "--poweroff", timeout=300)
+    assert down.returncode == 0, down.stderr
+    up = fwvm.invoke("vm.up", timeout=900, QEMU_VM_FIRMWARE="auto")
+    assert up.returncode == 0, up.stdout + up.stderr
+    record = json.loads((fwvm.state_dir / "runtime.json").read_text())
+    assert record["firmware"] is None
+    assert not any("if=pflash" in a for a in record["qemu_argv"])
+    assert "-kernel" not in record["qemu_argv"]
+    out = _guest(fwvm, "test -d /sys/firmware/efi || echo bios; cat /proc/cmdline; uname -m")
+    lines = out.splitlines()
+    assert lines[0] == "bios"
+    assert "BOOT_IMAGE=/boot/vmlinuz-" in lines[1]  # GRUB's own entry (it adds BOOT_IMAGE)
+    assert "root=/dev/vda2" in lines[1]
+    assert lines[2] == "x86_64"
