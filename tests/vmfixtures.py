@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -175,6 +176,67 @@ def vm(vm_session: VmEnv) -> VmEnv:
     return vm_session
 
 
+# The arm64 tree is built under qemu-user (minutes, on about one core) while the
+# rest of the suite runs: started when the session has arm64 tests, awaited by them.
+ARM64_MODULE = "test_vm_arm64.py"
+ARM64_SUITE = "trixie"
+
+
+@dataclass
+class Arm64Build:
+    cache: Path
+    log: Path
+    proc: subprocess.Popen
+    started: float
+
+    def wait(self) -> Path:
+        """The build's folder in `cache`, once mmdebstrap is done."""
+        code = self.proc.wait()
+        log = self.log.read_text(errors="replace")
+        assert code == 0, f"the arm64 debian:{ARM64_SUITE} build failed:\n{log[-3000:]}"
+        TIMINGS.setdefault("arm64 build, beside the suite (s)", round(self.seconds(), 1))
+        (build,) = self.cache.glob(f"debian-{ARM64_SUITE}-arm64-*")
+        return build
+
+    def seconds(self) -> float:
+        record = json.loads(next(self.cache.glob("*/build.json")).read_text())
+        return record["seconds"]
+
+
+ARM64: dict[str, Arm64Build] = {}
+
+
+def start_arm64_build(cache: Path) -> Arm64Build:
+    """`images.build_debian_image` for arm64 into `cache`, in a process of its own."""
+    cache.mkdir(parents=True, exist_ok=True)
+    log = cache.parent / f"{cache.name}.log"
+    code = (
+        "import sys, pathlib; from patchbay_vm_tasks import images; "
+        "images.build_debian_image(sys.argv[1], 'arm64', sys.argv[2], pathlib.Path(sys.argv[3]))"
+    )
+    mirror = "http://deb.debian.org/debian"  # the settings' default
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, ARM64_SUITE, mirror, str(cache)],
+            stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+            start_new_session=True,  # so that an interrupted session stops all of it
+        )  # fmt: skip
+    return Arm64Build(cache, log, proc, time.monotonic())
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.path.name == ARM64_MODULE for item in session.items):
+        base = session.config._tmp_path_factory.getbasetemp()  # noqa: SLF001 (no hook gets it)
+        ARM64["build"] = start_arm64_build(base / "arm64-image-cache")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    build = ARM64.pop("build", None)
+    if build and build.proc.poll() is None:
+        os.killpg(build.proc.pid, signal.SIGTERM)
+        build.proc.wait()
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if TIMINGS:
         terminalreporter.section("VM timings (this machine)")
@@ -183,5 +245,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 def pytest_collection_modifyitems(items: list) -> None:
-    # Tests that stop or restart the shared VM run last, so the others share one boot.
-    items.sort(key=lambda item: item.get_closest_marker("restarts_vm") is not None)
+    # Tests that stop or restart the shared VM run last, so the others share one boot;
+    # the arm64 ones after them, giving their image's build the whole suite's time.
+    items.sort(
+        key=lambda item: (
+            item.path.name == ARM64_MODULE,
+            item.get_closest_marker("restarts_vm") is not None,
+        )
+    )
