@@ -1,7 +1,7 @@
 """arm64 guests on this x86_64 machine under TCG (issue 11), through `vm.up` as an Apple
 Silicon user's would come up, minus HVF: one `debian:trixie` arm64 tree, built here by
-mmdebstrap under qemu-user-static (started beside the rest of the suite, see
-vmfixtures), booted two ways:
+mmdebstrap under qemu-user-static (started beside the rest of the suite and kept in
+the image cache, see vmfixtures), booted two ways:
 
 - with `-kernel`, as our own builds boot;
 - its root filesystem, kernel and initrd made into an image that boots itself (GPT, an
@@ -49,12 +49,8 @@ cmd = ["ping", "-c", "2", "-i", "0.3", "$NETSIM_IP_server"]
 
 
 @pytest.fixture(scope="module")
-def arm_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The arm64 build's folder; built here when the session did not start it."""
-    if "build" not in ARM64:
-        from vmfixtures import start_arm64_build
-
-        ARM64["build"] = start_arm64_build(tmp_path_factory.mktemp("arm64-image-cache"))
+def arm_build() -> Path:
+    """The arm64 build's folder (the session started the build; see vmfixtures)."""
     return ARM64["build"].wait()
 
 

@@ -113,6 +113,9 @@ def test_a_changed_seed_boots_and_cloud_init_applies_it(vm: VmEnv) -> None:
     assert "is up after" in out.stderr
     _, boot_id_after, _, _, _ = _probe(vm)
     assert boot_id_after != boot_id
+    # runcmd runs in cloud-init's final stage, which may still be running after vm.up.
+    wait = vm.invoke("vm.ssh", "--", "cloud-init", "status", "--wait")
+    assert wait.returncode == 0, wait.stdout + wait.stderr
     assert vm.invoke("vm.ssh", "--", "test", "-e", "/etc/new-seed-ran").returncode == 0
 
 

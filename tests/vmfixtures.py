@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from patchbay_vm_tasks import images, settings
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VM_NAME = "pbtest"
@@ -177,7 +179,8 @@ def vm(vm_session: VmEnv) -> VmEnv:
 
 
 # The arm64 tree is built under qemu-user (minutes, on about one core) while the
-# rest of the suite runs: started when the session has arm64 tests, awaited by them.
+# rest of the suite runs: started when the session has arm64 tests, awaited by them
+# (at once when the image cache has it).
 ARM64_MODULE = "test_vm_arm64.py"
 ARM64_SUITE = "trixie"
 
@@ -194,22 +197,23 @@ class Arm64Build:
         code = self.proc.wait()
         log = self.log.read_text(errors="replace")
         assert code == 0, f"the arm64 debian:{ARM64_SUITE} build failed:\n{log[-3000:]}"
-        TIMINGS.setdefault("arm64 build, beside the suite (s)", round(self.seconds(), 1))
-        (build,) = self.cache.glob(f"debian-{ARM64_SUITE}-arm64-*")
+        build = images._build_dir(ARM64_SUITE, "arm64", self.cache)
+        if "built debian:" in log:  # else it was in the cache already
+            record = json.loads((build / "build.json").read_text())
+            TIMINGS.setdefault("arm64 build, beside the suite (s)", record["seconds"])
         return build
-
-    def seconds(self) -> float:
-        record = json.loads(next(self.cache.glob("*/build.json")).read_text())
-        return record["seconds"]
 
 
 ARM64: dict[str, Arm64Build] = {}
 
 
-def start_arm64_build(cache: Path) -> Arm64Build:
-    """`images.build_debian_image` for arm64 into `cache`, in a process of its own."""
+def start_arm64_build() -> Arm64Build:
+    """`images.build_debian_image` for arm64, in a process of its own, into the user's
+    image cache, as the shared x86_64 VM's image: built once per recipe (a fresh
+    machine builds it beside the suite), then reused."""
+    cache = settings.resolve(env=vm_env(Path.cwd()), project_dir=Path.cwd()).image_cache_dir
     cache.mkdir(parents=True, exist_ok=True)
-    log = cache.parent / f"{cache.name}.log"
+    log = cache / f".arm64-{ARM64_SUITE}-build.log"
     code = (
         "import sys, pathlib; from patchbay_vm_tasks import images; "
         "images.build_debian_image(sys.argv[1], 'arm64', sys.argv[2], pathlib.Path(sys.argv[3]))"
@@ -225,9 +229,10 @@ def start_arm64_build(cache: Path) -> Arm64Build:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
     if any(item.path.name == ARM64_MODULE for item in session.items):
-        base = session.config._tmp_path_factory.getbasetemp()  # noqa: SLF001 (no hook gets it)
-        ARM64["build"] = start_arm64_build(base / "arm64-image-cache")
+        ARM64["build"] = start_arm64_build()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

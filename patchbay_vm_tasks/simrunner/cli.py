@@ -279,17 +279,26 @@ def pid_alive(pid: int) -> bool:
 def run_forwarding_signals(argv: list[str]) -> int:
     """Run argv; SIGINT/SIGTERM/SIGHUP go to it (the host's Ctrl-C reaches us, the
     runner, not the command in the node), and its exit code comes back."""
-    proc = subprocess.Popen(argv)
+    # The handlers come first: a Ctrl-C that arrives while the command starts is
+    # kept and sent once it exists, not lost to Python's default handler.
+    child: list[subprocess.Popen] = []
+    pending: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        if not child:
+            pending.append(signum)
+            return
         with suppress(ProcessLookupError):
-            os.kill(proc.pid, signum)
+            os.kill(child[0].pid, signum)
 
     old = {
         sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     try:
-        return proc.wait()
+        child.append(subprocess.Popen(argv))
+        for signum in pending:
+            forward(signum, None)
+        return child[0].wait()
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
