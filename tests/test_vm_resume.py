@@ -115,7 +115,8 @@ def test_a_changed_seed_boots_and_cloud_init_applies_it(vm: VmEnv) -> None:
     assert boot_id_after != boot_id
     # runcmd runs in cloud-init's final stage, which may still be running after vm.up.
     wait = vm.invoke("vm.ssh", "--", "cloud-init", "status", "--wait")
-    assert wait.returncode == 0, wait.stdout + wait.stderr
+    # 2: done, with warnings (cloud-init's "recoverable errors").
+    assert wait.returncode in (0, 2) and "status: done" in wait.stdout, wait.stdout + wait.stderr
     assert vm.invoke("vm.ssh", "--", "test", "-e", "/etc/new-seed-ran").returncode == 0
 
 

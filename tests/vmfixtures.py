@@ -20,8 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import images, settings
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VM_NAME = "pbtest"
@@ -197,6 +195,8 @@ class Arm64Build:
         code = self.proc.wait()
         log = self.log.read_text(errors="replace")
         assert code == 0, f"the arm64 debian:{ARM64_SUITE} build failed:\n{log[-3000:]}"
+        from patchbay_vm_tasks import images
+
         build = images._build_dir(ARM64_SUITE, "arm64", self.cache)
         if "built debian:" in log:  # else it was in the cache already
             record = json.loads((build / "build.json").read_text())
@@ -211,6 +211,10 @@ def start_arm64_build() -> Arm64Build:
     """`images.build_debian_image` for arm64, in a process of its own, into the user's
     image cache, as the shared x86_64 VM's image: built once per recipe (a fresh
     machine builds it beside the suite), then reused."""
+    # Imported here: the guest runs the host's netns tests with this plugin loaded,
+    # and its python has not got the package's dependencies.
+    from patchbay_vm_tasks import settings
+
     cache = settings.resolve(env=vm_env(Path.cwd()), project_dir=Path.cwd()).image_cache_dir
     cache.mkdir(parents=True, exist_ok=True)
     log = cache / f".arm64-{ARM64_SUITE}-build.log"
