@@ -3,6 +3,7 @@ guest) and the argv that sends it there (simrun.interrupt_argv)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -73,18 +74,41 @@ def test_topmost_carriers(tmp_path: Path, procs: dict, expected: list[int]) -> N
     assert stop.topmost(stop.carriers(ENTRY.encode(), root)) == expected
 
 
+def signalled(stdout: str) -> list[tuple[int, list[str]]]:
+    """The stopper's report: (pid, command line read before the signal) per line."""
+    report = []
+    for line in stdout.splitlines():
+        pid, _, args = line.partition(" ")
+        report.append((int(pid), json.loads(args)))
+    return report
+
+
+def test_command_line_is_read_whole_and_is_empty_once_the_process_is_gone(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "cmdline").write_bytes(b"python3\0-c\0a b\0\0\xff\0")
+    (tmp_path / "6").mkdir()
+    (tmp_path / "6" / "cmdline").write_bytes(b"")  # a kernel thread, or a zombie
+    assert stop.command_line(5, str(tmp_path)) == ["python3", "-c", "a b", "", "\\xff"]
+    assert stop.command_line(6, str(tmp_path)) == []
+    assert stop.command_line(7, str(tmp_path)) == []  # no such process
+
+
 def test_interrupt_argv_signals_the_runner_and_not_itself(tmp_path: Path) -> None:
     """Real processes: a wrapper shell carrying the id in SUDO_COMMAND (as sudo sets it),
     the runner started through `env`, a child of the runner; the argv the host sends, run
-    here with the same SUDO_COMMAND so that it carries the id in a string too."""
+    here with the same SUDO_COMMAND so that it carries the id in a string too. What was
+    signalled is checked in the stopper's own report, which outlives the runner: the
+    runner exits on the signal, so its /proc entry may be gone by the time we look."""
     marker = tmp_path / "got-sigint"
     runner_py = (
-        "import signal, subprocess, sys, time\n"
+        "import os, signal, subprocess, sys, time\n"
         "child = subprocess.Popen(['sleep', '60'])\n"
         "def on_int(*_):\n"
-        f"    open({str(marker)!r}, 'w').write('x'); child.kill(); sys.exit(130)\n"
+        f"    open({str(marker)!r}, 'w').write('x'); child.kill(); child.wait(); sys.exit(130)\n"
         "signal.signal(signal.SIGINT, on_int)\n"
-        "print('ready', flush=True)\n"
+        "print('ready', os.getpid(), flush=True)\n"
         "time.sleep(60)\n"
     )
     env = dict(os.environ, SUDO_COMMAND=f"/usr/bin/sh -c env {ENTRY} runner")
@@ -93,13 +117,13 @@ def test_interrupt_argv_signals_the_runner_and_not_itself(tmp_path: Path) -> Non
         env=env, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        assert wrapper.stdout.readline() == "ready\n"
+        ready, runner_pid = wrapper.stdout.readline().split()
+        assert ready == "ready"
         argv = simrun.interrupt_argv(ENTRY.split("=", 1)[1])
         assert argv[:4] == ["python3", "-I", "-S", "-c"] and argv[-1] == ENTRY
         out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
-        (pid,) = map(int, out.stdout.split())
-        assert Path(f"/proc/{pid}/cmdline").read_bytes().startswith(sys.executable.encode())
+        assert signalled(out.stdout) == [(int(runner_pid), [sys.executable, "-c", runner_py])]
         assert wrapper.wait(30) == 130 and marker.exists()
     finally:
         if wrapper.poll() is None:

@@ -873,7 +873,12 @@ def test_host_ctrl_c_stops_the_inspect_runner_behind_its_wrappers(tmp_path: Path
         lab = json.loads((work / "inspect" / "insp.json").read_text())
         stopper = simrun.interrupt_argv(run_id)
         out = subprocess.run(stopper, env=env, capture_output=True, text=True, timeout=60)
-        assert (out.returncode, out.stdout.split()) == (0, [str(lab["pid"])]), out.stderr
+        assert out.returncode == 0, out.stderr
+        reported = [line.split(" ", 1) for line in out.stdout.splitlines()]
+        runner_argv = [*RUNNER, "inspect", "--work-dir", str(work), str(sim)]
+        assert [(int(pid), json.loads(args)) for pid, args in reported] == [
+            (lab["pid"], runner_argv)
+        ]
         assert proc.wait(20) == 0, proc.stderr.read()  # inspect ends normally when stopped
     finally:
         if proc.poll() is None:

@@ -9,13 +9,15 @@ substring search took those for the runner and could SIGINT itself before it got
 Signalled: each carrier whose parent is not one, i.e. the runner, which stops its own
 children in order and tears its lab down.
 
-Prints the pids signalled; exit 0, or 1 when no process carries the entry (the runner
-had already ended).
+Prints one line per process signalled, `PID ARGV` (its command line as read just before the
+signal, as a JSON list), so that what was signalled can be told after it has exited; exit 0,
+or 1 when no process carries the entry (the runner had already ended).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -45,12 +47,25 @@ def topmost(found: dict[int, int]) -> list[int]:
     return sorted(pid for pid, ppid in found.items() if ppid not in found)
 
 
+def command_line(pid: int, proc: str = "/proc") -> list[str]:
+    """The process's argv, or [] once it has ended (or for a kernel thread)."""
+    try:
+        with open(f"{proc}/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    if not raw:
+        return []
+    return [arg.decode(errors="backslashreplace") for arg in raw.removesuffix(b"\0").split(b"\0")]
+
+
 def main(argv: list[str]) -> int:
     pids = topmost(carriers(argv[1].encode()))
     for pid in pids:
+        args = command_line(pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGINT)
-    print(" ".join(map(str, pids)))
+        print(pid, json.dumps(args))
     return 0 if pids else 1
 
 
