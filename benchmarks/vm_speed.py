@@ -32,6 +32,7 @@ from patchbay_vm_tasks.state import StateDir
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+COLD_TCG = "cold vm.up, new VM (image cached), QEMU_VM_ACCEL=tcg"
 # The Rust tool spends about ten handshakes on a warm `up` (SPEC 9.10).
 RUST_WARM_UP_COMMANDS = 10
 GUEST_READ = r"""
@@ -104,11 +105,11 @@ class BenchVm:
     def work(self) -> Path:
         return self.project / ".patchbay-work"
 
-    def invoke(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def invoke(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
         proc = subprocess.run(
             [sys.executable, "-m", "invoke", *args],
             cwd=self.project,
-            env=self.env,
+            env={**self.env, **env},
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
@@ -169,18 +170,25 @@ def bench_boots_and_commands(vm: BenchVm, runs: int, cold_runs: int, log) -> lis
     # to the gate and saves one; the others start from it.
     making = Case("cold vm.up, new VM making the image's template")
     cold = Case("cold vm.up, new VM (image cached)")
-    for i in range(cold_runs + 1 if cold_runs else 0):
+    # The accelerator on auto (the default, as above) against TCG asked for: what the
+    # choice costs (issue 18: a test boot, or a remembered verdict). Interleaved.
+    cold_tcg = Case(COLD_TCG)
+    runs_of = [(making, {})] + [(c, e) for _ in range(cold_runs) for c, e in
+                                ((cold, {}), (cold_tcg, {"QEMU_VM_ACCEL": "tcg"}))]  # fmt: skip
+    for i, (case, env) in enumerate(runs_of if cold_runs else []):
         vm.invoke("vm.destroy")
-        case = making if i == 0 else cold
         out = None
 
-        def up() -> None:
+        def up(env: dict = env) -> None:
             nonlocal out
-            out = vm.invoke("vm.up")
+            out = vm.invoke("vm.up", **env)
 
         case.samples.append(timed(up))
-        if ("from its image's template" in out.stderr) != (case is cold):
+        if ("from its image's template" in out.stderr) != (case is not making):
             case.note = "unexpected start: " + out.stderr.strip().splitlines()[-1]
+        accel_line = [x for x in out.stderr.splitlines() if x.startswith("accel ")]
+        if accel_line and case is cold:
+            cold.note = accel_line[0]
         log(f"  {case.name} {i}: {case.samples[-1]:.1f} s")
     if not cold_runs:
         vm.invoke("vm.up")
@@ -224,7 +232,7 @@ def bench_boots_and_commands(vm: BenchVm, runs: int, cold_runs: int, log) -> lis
         if "resumed after" not in out.stderr:
             resume.note = "did not resume: " + out.stderr.strip().splitlines()[-1]
         log(f"  resume {i + 1}: {resume.samples[-1]:.1f} s")
-    cases = [making, cold, resume, save, warm, ssh_proc, ssh_new, kept, overhead]
+    cases = [making, cold, cold_tcg, resume, save, warm, ssh_proc, ssh_new, kept, overhead]
     return cases + [rust_true, rust_warm]
 
 
@@ -322,6 +330,7 @@ def ratios(cases: list[Case]) -> dict[str, float]:
     pairs = [
         ("cold vm.up, resuming a saved VM", "cold vm.up, new VM (image cached)"),
         ("cold vm.up, new VM (image cached)", "cold vm.up, new VM making the image's template"),
+        ("cold vm.up, new VM (image cached)", COLD_TCG),
         ("warm vm.up", f"rust: warm up ({RUST_WARM_UP_COMMANDS} ssh processes)"),
         ("vm.ssh -- true (process)", "rust: ssh true (one process)"),
         ("vm.ssh -- true (process, new connection)", "rust: ssh true (one process)"),

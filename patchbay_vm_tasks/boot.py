@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import (
+    accel,
     cloudinit,
     firmware,
     guest,
@@ -30,10 +31,6 @@ from .images import BaseImage, ensure_base_image
 from .settings import VmSettings
 from .state import StateDir
 from .ui import say, spinner, warn
-
-# Under an auto-chosen accelerator other than TCG, a guest that has printed
-# nothing on its serial console by then is taken as hung (SPEC 9.1).
-ACCEL_STALL_SECONDS = 30.0
 
 
 def control_ports() -> dict[str, int]:
@@ -89,16 +86,22 @@ def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> runtim
     )
     state.last_port.write_text(f"{port}\n")
     keys.write_known_hosts(state.known_hosts, port, host_key)
-    accel, notes = qemu.choose_accel(settings.qemu_bin, settings.accel, settings.arch)
-    for note in notes:
-        warn(note)
-    cpus = qemu.guest_cpus(settings.cpus, accel, runtime.cpus_explicit(settings))
+    choice = accel.choose(
+        settings.qemu_bin,
+        settings.accel,
+        settings.arch,
+        base,
+        settings.image_cache_dir,
+        refresh=refresh,
+    )
+    say(choice.line())
+    cpus = qemu.guest_cpus(settings.cpus, choice.accel, runtime.cpus_explicit(settings))
 
     record: dict[str, Any] = {
         "name": settings.name,
         "ssh_port": port,
         "ssh_user": settings.ssh_user,
-        "accel": accel,
+        "accel": str(choice.accel),
         "cpus": cpus,
         "fs_mode": fs_mode,
         "mounts": runtime.mount_record(settings),
@@ -151,21 +154,81 @@ def start_and_wait(
     daemon: shares.Virtiofsd | None,
 ) -> runtime.Vm:
     share_list = shares.make_shares(settings.mounts(), record["fs_mode"], state.root)
-    owned = None
-    if record["seed_hotplug"]:
-        owned = _start_from_template(settings, state, base, record, share_list)
-        if owned is None:
-            ensure_disk(settings, state, base)
-    if owned is None:
-        owned = _start_processes(settings, state, base, record, daemon, share_list)
+    owned = _start(settings, state, base, record, daemon, share_list)
     try:
-        vm = _wait_and_provision(settings, state, base, record, daemon, share_list, owned)
+        if _stalls(settings, state, base, record):
+            owned.close()
+            owned = _after_a_stall(settings, state, base, record, daemon, share_list)
+        vm = _wait_and_provision(settings, state, base, record, share_list)
     except BaseException:
         owned.close()
         raise
     # From here the runtime record owns the processes (`vm.down`, `vm.cleanup`).
     owned.pop_all()
     return vm
+
+
+def _start(
+    settings: VmSettings,
+    state: StateDir,
+    base: BaseImage,
+    record: dict[str, Any],
+    daemon: shares.Virtiofsd | None,
+    share_list: list[qemu.Share],
+) -> contextlib.ExitStack:
+    """Start a new VM the way its image allows: from the image's template, else from
+    power-on. The returned stack stops what was started."""
+    if record["seed_hotplug"]:
+        owned = _start_from_template(settings, state, base, record, share_list)
+        if owned is not None:
+            return owned
+        ensure_disk(settings, state, base)
+    return _start_processes(settings, state, base, record, daemon, share_list)
+
+
+def _stalls(
+    settings: VmSettings, state: StateDir, base: BaseImage, record: dict[str, Any]
+) -> bool:
+    """Whether a guest started under an auto-chosen hardware accelerator printed nothing
+    on its serial console in its first seconds (SPEC 9.1: the accelerator passed its test
+    boot and runs no guest)."""
+    if record["accel"] == accel.Accel.TCG or settings.accel != accel.AUTO:
+        return False
+    if record.get("from_template"):
+        return False  # it ran under this accelerator before, and saved itself
+    deadline = time.monotonic() + accel.STALL_SECONDS
+    while time.monotonic() < deadline:
+        if accel.shows_life(state.serial_log, base):
+            return False
+        if not qemu.is_ours(record["pid"], str(state.root)):
+            return False  # died: the boot wait says why, with the serial log
+        time.sleep(0.5)
+    return True
+
+
+def _after_a_stall(
+    settings: VmSettings,
+    state: StateDir,
+    base: BaseImage,
+    record: dict[str, Any],
+    daemon: shares.Virtiofsd | None,
+    share_list: list[qemu.Share],
+) -> contextlib.ExitStack:
+    """Remember the stall and start the VM again under TCG, as any new VM starts (from
+    its image's template when there is one)."""
+    stalled = record["accel"]
+    why = f"a real guest printed nothing in {accel.STALL_SECONDS:.0f} s"
+    verdicts = accel.remember_stall(settings.image_cache_dir, settings.qemu_bin, stalled, why)
+    warn(
+        f"the {stalled} guest printed nothing in {accel.STALL_SECONDS:.0f} s: going on under "
+        f"TCG; new VMs on this host use TCG for a day (remembered in {verdicts}; "
+        f"vm.up --refresh tests {stalled} again)"
+    )
+    record["accel"] = str(accel.Accel.TCG)
+    record["cpus"] = qemu.guest_cpus(settings.cpus, "tcg", runtime.cpus_explicit(settings))
+    if record["seed_hotplug"]:
+        state.disk.unlink(missing_ok=True)  # the stalled guest's: a new one, or the template's
+    return _start(settings, state, base, record, daemon, share_list)
 
 
 def _start_processes(
@@ -307,27 +370,9 @@ def _wait_and_provision(
     state: StateDir,
     base: BaseImage,
     record: dict[str, Any],
-    daemon: shares.Virtiofsd | None,
     share_list: list[qemu.Share],
-    owned: contextlib.ExitStack,
 ) -> runtime.Vm:
     conn = guest.connection(record["ssh_port"], settings.ssh_user, state.key, state.known_hosts)
-    if (
-        record["accel"] != "tcg"
-        and settings.accel == "auto"
-        and not record.get("from_template")
-        and not _shows_life(state)
-    ):
-        warn(
-            f"the {record['accel']} guest printed nothing in {ACCEL_STALL_SECONDS:.0f} s; "
-            f"restarting it under TCG (set QEMU_VM_ACCEL to choose)"
-        )
-        # The virtiofsd helpers serve one QEMU only: restart them with it.
-        owned.close()
-        record["accel"] = "tcg"
-        record["cpus"] = qemu.guest_cpus(settings.cpus, "tcg", runtime.cpus_explicit(settings))
-        owned.push(_start_processes(settings, state, base, record, daemon, share_list))
-
     with spinner("booting") as booting:
 
         def progress(waited: float, line: str) -> None:
@@ -467,16 +512,6 @@ def _agent_answers(qga: qemu.Address, set_time: bool = False) -> bool:
             return True
     except qemu.GuestAgentError:
         return False
-
-
-def _shows_life(state: StateDir) -> bool:
-    deadline = time.monotonic() + ACCEL_STALL_SECONDS
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            if state.serial_log.stat().st_size > 0:
-                return True
-        time.sleep(0.5)
-    return False
 
 
 def keypairs(settings: VmSettings, state: StateDir) -> tuple[keys.KeyPair, keys.KeyPair]:

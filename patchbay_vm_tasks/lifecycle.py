@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> runtime.Vm:
     """Boot the VM or reuse the running one; make sure the mounts are there.
 
-    `refresh`: look for a newer base image now, not only on the first boot of the day.
+    `refresh`: look for a newer base image now, not only on the first boot of the day,
+    and test again an accelerator remembered as unable to run a guest (accel.py).
     """
     state = runtime.state_of(settings)
     with locked(state):

@@ -1,4 +1,4 @@
-"""QEMU: the command line (a pure function), accelerator choice, process identity, QMP.
+"""QEMU: the command line (a pure function), process identity, QMP and the guest agent.
 
 The command line differs by host OS (`QemuSpec.host_os`, a `sys.platform` value) and
 guest arch: see `build_argv`.
@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -23,7 +22,6 @@ from pathlib import Path, PurePath
 from .errors import VmUnavailable
 from .firmware import Pflash
 from .images import BaseImage
-from .settings import host_arch
 
 # A socket QEMU listens on: a unix socket's path, or (host, port) for TCP (Windows).
 Address = Path | tuple[str, int]
@@ -329,155 +327,6 @@ def version(qemu_bin: str) -> str:
     first = out.splitlines()[0] if out else ""
     words = first.split()
     return words[3] if len(words) > 3 and words[2] == "version" else first.strip()
-
-
-# --- accelerator -----------------------------------------------------------------
-
-
-def parse_accel_help(text: str) -> set[str]:
-    """The accelerators `qemu-system-* -accel help` lists.
-
-    Its output is a header line ("Accelerators supported in QEMU binary:") and one
-    name per line: tcg, kvm on Linux; tcg, hvf on macOS; tcg, whpx on Windows.
-    """
-    names = set()
-    for line in text.splitlines():
-        word = line.strip()
-        if word and not word.endswith(":") and word.replace("-", "").isalnum() and " " not in word:
-            names.add(word.lower())
-    return names
-
-
-def qemu_accels(qemu_bin: str, timeout: float = 10.0) -> set[str] | None:
-    """What this QEMU binary was built with (`-accel help`); None when it cannot say."""
-    try:
-        out = subprocess.run(
-            [qemu_bin, "-accel", "help"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    names = parse_accel_help(out.stdout) if out.returncode == 0 else set()
-    return names or None
-
-
-def candidate_accels(
-    requested: str, system: str | None = None, available: set[str] | None = None
-) -> list[str]:
-    """Accelerators to try, best first.
-
-    `available`: what `-accel help` listed (None: unknown). KVM also needs /dev/kvm;
-    HVF is tried on macOS unless QEMU says it lacks it; WHPX (Windows) only when QEMU
-    lists it, since it also needs the Windows Hypervisor Platform feature turned on.
-    """
-    system = system or sys.platform
-
-    def listed(name: str, unknown: bool) -> bool:
-        return unknown if available is None else name in available
-
-    if requested != "auto":
-        return [requested]
-    if system.startswith("linux") and os.path.exists("/dev/kvm") and listed("kvm", True):
-        return ["kvm", "tcg"]
-    if system == "darwin" and listed("hvf", True):
-        return ["hvf", "tcg"]
-    if system == "win32" and listed("whpx", False):
-        return ["whpx", "tcg"]
-    return ["tcg"]
-
-
-def probe_accel(qemu_bin: str, accel: str, arch: str, timeout: float = 10.0) -> str | None:
-    """Start a tiny firmware-only guest with `accel`; None when it runs, else why not.
-
-    `/dev/kvm` existing says little (SPEC 9.1): on this project's machines KVM is
-    nested through a module that aborts a `-cpu host` guest at once. The probe
-    boots the same CPU model a real start would use and waits for the firmware
-    to print its banner on the debug console.
-    """
-    if accel == "tcg":
-        return None
-    if arch == "arm64":
-        # No ISA debug console on `virt`: check that QEMU accepts the accelerator.
-        argv = [qemu_bin, "-machine", machine_arg(arch, accel), *accel_args(accel, arch)]
-        argv += ["-cpu", cpu_model(accel, arch), "-display", "none"]
-        argv += ["-nodefaults", "-S", "-monitor", "none"]
-        return _run_probe(argv, None, timeout)
-    with tempfile.TemporaryDirectory(prefix="patchbay-accel-") as tmp:
-        log = Path(tmp) / "debugcon.log"
-        argv = [
-            qemu_bin,
-            "-machine",
-            "q35",
-            *accel_args(accel, arch),
-            "-cpu",
-            cpu_model(accel, arch),
-            "-m",
-            "64M",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-chardev",
-            f"file,id=dbg,path={opt_escape(log)}",
-            "-device",
-            "isa-debugcon,iobase=0x402,chardev=dbg",
-        ]
-        return _run_probe(argv, log, timeout)
-
-
-def _run_probe(argv: list[str], log: Path | None, timeout: float) -> str | None:
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-    except OSError as e:
-        return str(e)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if log is not None and log.exists() and b"No bootable device" in log.read_bytes():
-                return None
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-                if log is None and proc.returncode == 0:
-                    return None
-                return err.splitlines()[0] if err else f"QEMU exited with {proc.returncode}"
-            time.sleep(0.1)
-        if log is None:
-            return None  # still running with -S: the accelerator was accepted
-        return f"the firmware printed nothing in {timeout:.0f} s"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def choose_accel(
-    qemu_bin: str, requested: str, arch: str, host: str | None = None
-) -> tuple[str, list[str]]:
-    """The accelerator to boot with, and notes on the ones that were passed over.
-
-    A guest of another arch than the host's (`host`, default this machine's) can only
-    be emulated: TCG, without asking QEMU.
-    """
-    if requested == "auto" and arch != (host or host_arch()):
-        return "tcg", []
-    notes = []
-    available = qemu_accels(qemu_bin) if requested == "auto" else None
-    candidates = candidate_accels(requested, available=available)
-    for accel in candidates:
-        why_not = probe_accel(qemu_bin, accel, arch)
-        if why_not is None:
-            return accel, notes
-        if requested != "auto":
-            return accel, [
-                f"{accel} failed a test boot ({why_not}); using it as QEMU_VM_ACCEL asks"
-            ]
-        notes.append(f"{accel} is present but cannot boot a guest here ({why_not}); falling back")
-    return "tcg", notes
 
 
 # --- starting ----------------------------------------------------------------------

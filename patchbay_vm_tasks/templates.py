@@ -13,7 +13,8 @@ first boot (the gate renews the clock and the random state first).
 
 The rules:
 - Only onto the same hardware: the key hashes QEMU's command line with every path and
-  port of one VM replaced, QEMU's version, the base image's files and the disk's size.
+  port of one VM replaced (QEMU's own path too), QEMU's version, the base image's
+  files and the disk's size.
 - Memory and disk are one moment: the disk is copied while the guest is stopped after
   its state was written, the template is written under a temporary name and renamed,
   and its files' sizes are checked before use.
@@ -66,6 +67,8 @@ def key(spec: qemu.QemuSpec, version: str, disk_gb: int, base_files: list[Path])
     )
     canonical = dataclasses.replace(
         spec,
+        # Where QEMU lies is not what it restores: its version (below) is.
+        qemu_bin="qemu",
         name="template",
         disk=here / "disk.qcow2",
         seed=here / "seed.iso",

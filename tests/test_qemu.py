@@ -1,4 +1,4 @@
-"""The QEMU command line and accelerator choice."""
+"""The QEMU command line, process identity, QMP and the guest agent."""
 
 from __future__ import annotations
 
@@ -107,31 +107,6 @@ def test_commas_in_paths_are_escaped() -> None:
     argv = qemu.build_argv(spec(disk=Path("/a,b/disk.qcow2")))
     assert after(argv, "-drive")[0].startswith("file=/a,,b/disk.qcow2,if=none")
     assert qemu.opt_escape("x,y,z") == "x,,y,,z"
-
-
-@pytest.mark.parametrize(
-    ("requested", "system", "kvm_exists", "expected"),
-    [
-        ("auto", "linux", True, ["kvm", "tcg"]),
-        ("auto", "linux", False, ["tcg"]),
-        ("auto", "darwin", False, ["hvf", "tcg"]),
-        ("auto", "win32", False, ["tcg"]),
-        ("kvm", "linux", False, ["kvm"]),
-        ("tcg", "linux", True, ["tcg"]),
-    ],
-)
-def test_candidate_accels(monkeypatch, requested, system, kvm_exists, expected) -> None:
-    monkeypatch.setattr(qemu.os.path, "exists", lambda p: kvm_exists and p == "/dev/kvm")
-    assert qemu.candidate_accels(requested, system) == expected
-
-
-def test_tcg_needs_no_probe() -> None:
-    assert qemu.probe_accel("/nonexistent/qemu", "tcg", "amd64") is None
-
-
-def test_probe_of_a_missing_binary_says_why() -> None:
-    why = qemu.probe_accel("/nonexistent/qemu", "kvm", "amd64")
-    assert why and "No such file" in why
 
 
 def test_is_ours_checks_the_command_line(tmp_path) -> None:

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +49,8 @@ def test_two_vms_of_one_image_and_hardware_share_a_key(tmp_path: Path) -> None:
     other = dataclasses.replace(
         one,
         name="vm2",
+        # Another path to a QEMU of the same version (a wrapper, another prefix).
+        qemu_bin="/opt/qemu/bin/qemu-system-x86_64",
         disk=Path("/elsewhere/disk.qcow2"),
         seed=Path("/elsewhere/seed.iso"),
         ssh_port=40000,
@@ -121,8 +122,10 @@ def test_find_takes_only_a_whole_template(tmp_path: Path) -> None:
     make_template(tmp_path, "truncated").state.write_bytes(b"S" * 10)
     assert templates.find(tmp_path, "truncated") is None
     changed = make_template(tmp_path, "disk-changed")
-    time.sleep(0.01)
-    changed.disk.write_bytes(b"E" * 50)
+    recorded = changed.disk.stat().st_mtime_ns
+    changed.disk.write_bytes(b"E" * 50)  # the same size, written later: its mtime moves
+    # (set here, as the file system's timestamp granularity may not show 1 ms)
+    os.utime(changed.disk, ns=(recorded + 10**9, recorded + 10**9))
     assert templates.find(tmp_path, "disk-changed") is None
     make_template(tmp_path, "no-meta").meta.unlink()
     assert templates.find(tmp_path, "no-meta") is None
@@ -161,6 +164,7 @@ def test_wait_for_gate_reads_the_serial_log(tmp_path: Path) -> None:
 
 
 def test_the_image_recipe_carries_the_gate() -> None:
+    assert "patchbay-gate.service" in images.GUEST_FILES
     for name, dest in images.GUEST_FILES.items():
         assert (images.GUEST_FILES_DIR / name).is_file(), name
         assert dest.startswith("/")

@@ -16,7 +16,8 @@ NOT_RUNNING = 3
 @task(
     help={
         "recreate": "Stop the VM if it runs, throw its disk away and boot a fresh one.",
-        "refresh": "Look for a newer base image now (otherwise at most once a day).",
+        "refresh": "Look for a newer base image now (otherwise at most once a day), and "
+        "test again a hardware accelerator that could not run a guest here.",
     }
 )
 def up(c: Context, recreate: bool = False, refresh: bool = False) -> None:
