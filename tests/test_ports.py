@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 import time
 
 import pytest
@@ -28,8 +29,25 @@ def time_wait_port() -> int:
     client.recv(1)  # sees the FIN
     client.close()
     listener.close()
-    time.sleep(0.1)
+    # The last ACK settles the server side into TIME_WAIT: wait until that is all there is.
+    deadline = time.monotonic() + 30  # liveness only
+    while local_tcp_states(port) != [TIME_WAIT]:
+        assert time.monotonic() < deadline, f"port {port}: {local_tcp_states(port)}"
+        time.sleep(0.01)
     return port
+
+
+TIME_WAIT = "06"  # the state column of /proc/net/tcp
+
+
+def local_tcp_states(port: int) -> list[str]:
+    """The states of the IPv4 TCP sockets whose local end is 127.0.0.1:port."""
+    # The address is the raw 32-bit word in host byte order, printed as hex.
+    ip = int.from_bytes(socket.inet_aton("127.0.0.1"), sys.byteorder)
+    local = f"{ip:08X}:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return [row[3] for row in rows if row[1] == local]
 
 
 def plain_bind_fails(port: int) -> bool:
@@ -73,3 +91,35 @@ def test_default_port_taken_reuses_the_last_sessions_port() -> None:
         taken = busy.getsockname()[1]
         previous = time_wait_port()
         assert ports.pick_ssh_port(taken, explicit=False, previous=previous) == previous
+
+
+LISTEN = "0A"
+
+
+def test_port_kept_busy_holds_a_free_port_for_the_block() -> None:
+    from vmfixtures import hold_port, port_kept_busy
+
+    probe = hold_port(0)
+    assert probe is not None
+    port = probe.getsockname()[1]
+    probe.close()
+    with port_kept_busy(port):
+        assert not ports.port_is_free(port)
+    assert ports.port_is_free(port)
+
+
+def test_port_kept_busy_takes_over_when_another_holder_lets_go() -> None:
+    from vmfixtures import hold_port, port_kept_busy
+
+    other = hold_port(0)
+    assert other is not None
+    port = other.getsockname()[1]
+    with port_kept_busy(port):
+        assert not ports.port_is_free(port)  # the other process's socket
+        other.close()
+        deadline = time.monotonic() + 30  # liveness only
+        while local_tcp_states(port) != [LISTEN]:  # the helper's own listener
+            assert time.monotonic() < deadline, local_tcp_states(port)
+            time.sleep(0.005)
+        assert not ports.port_is_free(port)
+    assert ports.port_is_free(port)
