@@ -272,8 +272,12 @@ def test_installed_targets(answer: object, expected: set[str] | None) -> None:
     assert run.calls == [["rustup", "target", "list", "--installed"]]
 
 
-def test_check_target_installed_passes() -> None:
-    check_target(MUSL, {HOST_GNU, MUSL})
+def test_check_target_trusts_the_installed_set_and_asks_nothing_else() -> None:
+    run = FakeRun({})  # any command run would fail the lookup with KeyError
+    check_target(MUSL, {HOST_GNU, MUSL}, run=run)
+    with pytest.raises(UsageError, match=f"rustup target add {MUSL}"):
+        check_target(MUSL, {HOST_GNU}, run=run)  # the same set without it: refused
+    assert run.calls == []
 
 
 @pytest.mark.parametrize(
@@ -310,12 +314,20 @@ def test_check_target_without_rustup_looks_in_the_sysroot(tmp_path: Path) -> Non
 @pytest.mark.parametrize("answer", [FileNotFoundError, (1, ""), (0, "")])
 def test_check_target_gives_up_quietly_when_nothing_can_tell(answer: object) -> None:
     # cargo will report a missing target itself; we must not block a working setup.
-    check_target(MUSL, None, run=FakeRun({"rustc": answer}))  # type: ignore[dict-item]
+    run = FakeRun({"rustc": answer})  # type: ignore[dict-item]
+    check_target(MUSL, None, run=run)
+    assert run.calls == [["rustc", "--print", "sysroot"]]  # it asked, and got no answer
 
 
 def test_check_target_against_this_hosts_toolchain() -> None:
+    """The real rustup (or, without it, rustc's sysroot): the host's own target is there,
+    a target no toolchain has is refused with the command that would add it."""
     installed = installed_targets(cwd=TESTCRATE)
+    assert installed is None or HOST_GNU in installed
     check_target(HOST_GNU, installed, cwd=TESTCRATE)
+    nowhere = "x86_64-unknown-nosuchos-musl"
+    with pytest.raises(UsageError, match=f"rustup target add {nowhere}"):
+        check_target(nowhere, installed, cwd=TESTCRATE)
 
 
 # --- running cargo (a fake one) -------------------------------------------------------
@@ -366,12 +378,19 @@ def test_cargo_killed_by_a_signal_fails_with_101(tmp_path: Path) -> None:
 
 
 def test_cancel_stops_a_running_build(tmp_path: Path) -> None:
-    fake = _fake_cargo(tmp_path, "time.sleep(60)")
-    t0 = time.monotonic()
+    started, finished = tmp_path / "started", tmp_path / "finished"
+    body = (
+        f"open({str(started)!r}, 'w').close(); time.sleep(60); open({str(finished)!r}, 'w').close()"
+    )
+    fake = _fake_cargo(tmp_path, body)
     with pytest.raises(RuntimeError), start_build(TestBuild(HOST_GNU), tmp_path, cargo=fake) as job:
+        deadline = time.monotonic() + 60  # liveness only
+        while not started.exists():  # then cargo is running, inside its sleep
+            assert not job.done() and time.monotonic() < deadline, "the fake cargo never started"
+            time.sleep(0.01)
         raise RuntimeError("the VM did not boot")  # leaving the block cancels the build
     assert job.done()
-    assert time.monotonic() - t0 < 15
+    assert not finished.exists()  # stopped, not waited out: it never got past its sleep
     with pytest.raises(CargoFailed, match="cancelled"):
         job.result()
 

@@ -12,15 +12,17 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from patchbay_vm_tasks.simcore import model as m
-from patchbay_vm_tasks.simrunner.lab import Lab, LabError
+from patchbay_vm_tasks.simrunner.lab import NETNS_DIR, Lab, LabError
 
 pytestmark = pytest.mark.netns
 
@@ -157,6 +159,31 @@ def popen_in(lab: Lab, node: str, *argv: str) -> subprocess.Popen:
     return subprocess.Popen(
         lab.netns_argv(node) + list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+def wait_until(cond, what: str, timeout: float = 20 * SCALE, every: float = 0.05) -> None:
+    """Poll `cond` until it holds; fail naming `what` after `timeout` (liveness only)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def listening(lab: Lab, node: str, port: int) -> bool:
+    """A TCP socket listens on `port` in the node's namespace."""
+    out = run_in(lab, node, "ss", "-Hltn", f"sport = :{port}").stdout
+    return bool(out.strip())
+
+
+def runs_in(lab: Lab, node: str, proc: subprocess.Popen, comm: str) -> bool:
+    """`proc` has entered the node's namespace and become `comm` (`ip netns exec` execs)."""
+    try:
+        ns = os.readlink(f"/proc/{proc.pid}/ns/net")
+        name = Path(f"/proc/{proc.pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return ns == f"net:[{os.stat(f'{NETNS_DIR}/{lab.ns_of(node)}').st_ino}]" and name == comm
 
 
 def pings(lab: Lab, src: str, dst_ip: str, count: int = 3) -> bool:
@@ -310,8 +337,8 @@ def test_rate_limit_measured_by_iperf3(lab: Lab, events: list[tuple[str, dict]])
         {"device": "pub1", "iface": "eth0", "condition": _limits(rate_kbit=2000)},
     )
     server = popen_in(lab, "pub2", "iperf3", "-s", "-1", "-p", "5201")
-    time.sleep(0.3)
     try:
+        wait_until(lambda: listening(lab, "pub2", 5201), "iperf3 to listen in pub2")
         out = run_in(lab, "pub1", "iperf3", "-c", lab.ip_of("pub2"), "-p", "5201", "-t", "2", "-J")
         assert out.returncode == 0, out.stdout[-500:]
         bps = json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"]
@@ -333,11 +360,10 @@ def test_tc_error_becomes_lab_error(lab: Lab) -> None:
 
 def test_teardown_leaves_nothing(lab: Lab, scripts: dict[str, str]) -> None:
     sleeper = popen_in(lab, "pub2", "sleep", "600")
-    time.sleep(0.2)
-    t = time.monotonic()
+    wait_until(lambda: runs_in(lab, "pub2", sleeper, "sleep"), "the sleeper to run in pub2")
     lab.teardown()
-    assert time.monotonic() - t < 2
-    assert sleeper.wait(timeout=5) != 0
+    # Killed by the teardown (not left to end by itself in 600 s, nor failing to start).
+    assert sleeper.wait(timeout=30) == -signal.SIGKILL
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"{PREFIX}a-" not in listed
     lab.teardown()  # idempotent

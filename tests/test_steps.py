@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -174,20 +175,33 @@ STORE = {"f.size": "1024", "f.kind": "direct", "n.rtt": "150.5", "e.empty": ""}
 
 
 @pytest.mark.parametrize(
-    "check",
+    ("check", "failing"),
     [
-        "f.size == 1024",
-        "f.size != 0",
-        "f.kind contains dir",
-        "f.size matches [0-9]+",
-        "f.size matches ^1",
-        "n.rtt >= 100",
-        "n.rtt >= 150.5",
-        "e.empty == ",  # trailing space stripped: compares with ""
+        ("f.size == 1024", "1025"),
+        ("f.size != 0", "0"),
+        ("f.kind contains dir", "relay"),
+        ("f.size matches [0-9]+", "none"),
+        ("f.size matches ^1", "2048"),
+        ("n.rtt >= 100", "99.9"),
+        ("n.rtt >= 150.5", "150.49"),
+        ("e.empty == ", " "),  # trailing space stripped: compares with ""
     ],
 )
-def test_assert_passes(check: str) -> None:
-    steps.evaluate_check(check, STORE.get)
+def test_assert_passes_and_fails_once_the_value_changes(check: str, failing: str) -> None:
+    asked: list[str] = []
+
+    def lookup(key: str) -> str | None:
+        asked.append(key)
+        return STORE.get(key)
+
+    steps.evaluate_check(check, lookup)  # passes: no StepError
+    key = check.split()[0]
+    assert asked == [key]  # the check read its capture
+    changed = {**STORE, key: failing}
+    with pytest.raises(
+        steps.StepError, match="^" + re.escape(f"assert FAILED: '{key}' (got '{failing}')")
+    ):
+        steps.evaluate_check(check, changed.get)
 
 
 @pytest.mark.parametrize(

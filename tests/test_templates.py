@@ -154,8 +154,21 @@ def test_copy_disk_leaves_no_partial_file(tmp_path: Path) -> None:
 
 def test_wait_for_gate_reads_the_serial_log(tmp_path: Path) -> None:
     log = tmp_path / "serial.log"
-    log.write_bytes(b"[    1.0] booting\r\npatchbay-gate: waiting for the seed\r\n")
-    assert templates.wait_for_gate(log, alive=lambda: True, timeout=5) < 1
+    gate = b"[    1.0] booting\r\npatchbay-gate: waiting for the seed\r\n"
+    log.write_bytes(gate)
+    polls: list[float] = []
+    templates.wait_for_gate(log, alive=lambda: True, timeout=60, on_progress=polls.append)
+    assert polls == []  # there at the first look: no wait
+    # The gate line turns up while it polls: it returns at the next look.
+    log.write_bytes(b"still booting\n")
+
+    def poll(waited: float) -> None:
+        polls.append(waited)
+        if len(polls) == 3:
+            log.write_bytes(gate)
+
+    waited = templates.wait_for_gate(log, alive=lambda: True, timeout=60, on_progress=poll)
+    assert len(polls) == 3 and waited >= polls[-1]
     log.write_bytes(b"still booting\n")
     with pytest.raises(ChildProcessError):
         templates.wait_for_gate(log, alive=lambda: False, timeout=5)

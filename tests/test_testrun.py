@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from patchbay_vm_tasks.cargo import TestExecutable, stage_test_binaries
 from patchbay_vm_tasks.testrun import (
     GUEST_PATH,
     GUEST_TEST_CWD,
@@ -57,10 +58,35 @@ def test_forwarded_env_defaults_to_the_process_env(monkeypatch: pytest.MonkeyPat
 # --- the guest command line -----------------------------------------------------------
 
 
-def test_guest_path_has_the_sbin_folders() -> None:
-    assert GUEST_PATH.split(":")[:3] == ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin"]
-    assert "/sbin" in GUEST_PATH.split(":")
-    assert GUEST_TEST_CWD == "/work/binaries/tests"
+# What a non-login SSH shell or sudo's secure_path may leave a test with: no sbin folders.
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
+SBIN_TOOLS = ("ip", "nft", "tc")  # what the tests call; iproute2 and nftables put them in sbin
+
+
+def test_the_guest_argv_runs_the_binary_where_it_lies_with_the_sbin_tools_on_path(
+    tmp_path: Path,
+) -> None:
+    """The argv run here as the guest runs it, from a caller whose PATH lacks the sbin
+    folders: the binary starts in its folder and finds `ip`, `nft` and `tc`."""
+    probe = tmp_path / "probe"
+    probe.write_text('#!/bin/sh\npwd\nfor t in "$@"; do command -v "$t" || echo "no $t"; done\n')
+    probe.chmod(0o755)
+    argv = guest_test_argv(str(probe), None, SBIN_TOOLS, {}, cwd=str(tmp_path))
+    out = subprocess.run(argv, env={"PATH": USER_PATH}, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    cwd, *found = out.stdout.splitlines()
+    assert cwd == str(tmp_path)
+    assert [Path(f).name for f in found] == list(SBIN_TOOLS), out.stdout
+    assert all(str(Path(f).parent) in GUEST_PATH.split(":") for f in found)
+
+
+def test_tests_run_from_the_folder_they_are_staged_in(tmp_path: Path) -> None:
+    exe = tmp_path / "target" / "debug" / "deps" / "net-1111"
+    exe.parent.mkdir(parents=True)
+    exe.write_bytes(b"test binary")
+    staged = stage_test_binaries([TestExecutable(exe, "net", "pkg", "test")], tmp_path / "work")
+    assert [str(Path(g).parent) for g in staged] == [GUEST_TEST_CWD]
+    assert guest_test_argv(staged[0], None, [], {})[1] == f"--chdir={GUEST_TEST_CWD}"
 
 
 ENV_PREFIX = ["env", "--chdir=/work/binaries/tests", f"PATH={GUEST_PATH}"]

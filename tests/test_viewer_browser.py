@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -208,7 +207,6 @@ def test_run_started_while_open_appears_and_updates(driver, url, work, shots) ->
     entry = f'a.entry.run[data-run="{inv}/live-e2e"]'
     wait(driver, lambda dr: "running" in text_of(dr, entry))
     assert "running 0/1" in text_of(driver, f'section.inv[data-inv="{inv}"] .inv-head')
-    time.sleep(0.2)
     (d / "live-e2e" / "state.json").write_text(json.dumps(state))
     (d / "progress.json").write_text(json.dumps(progress))
     wait(driver, lambda dr: "stopped" in text_of(dr, entry))

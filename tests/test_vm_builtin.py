@@ -304,7 +304,9 @@ def test_corpus_results_are_plausible(matrix) -> None:
     _, run = matrix
     assert float(_steps(run, "iperf-e2e")["iperf-client"]["down_bytes"]) > 0
     for sim in ("iperf-1to1-public-baseline", "iperf-1to1-udp"):
-        assert all(float(s.get("down_bytes") or 0) > 0 for s in _steps(run, sim).values())
+        results = _steps(run, sim)
+        assert results, f"{sim}: no step results"
+        assert all(float(s.get("down_bytes") or 0) > 0 for s in results.values()), results
     # impair latency_ms = 100 on the sender's link: the RTT grows by it once.
     rtt = float(_steps(run, "ping-e2e")["ping-check"]["latency_ms"])
     assert 100 <= rtt < 200
