@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from . import __version__, builtin
+from . import __version__, builtin, files
 from .downloads import HttpError, Unreachable, check_due, download, get, stamp_for
 from .errors import EXIT_UNAVAILABLE, TaskError, UsageError
 from .files import copy_executable, executable_beside
@@ -225,8 +227,11 @@ def fetch_release(tag: str, work_dir: Path, arch: str, base_url: str) -> Path:
     A tag names one fixed release, so a cached copy is reused without asking the server.
     """
     dest = cached_runner_path(work_dir, tag)
-    if dest.is_file():
+    if files.is_regular(work_dir, [CACHE_DIRNAME, tag, RUNNER_NAME]):
         return dest
+    # The cache is in the work dir, which the guest writes: a link there is replaced by a
+    # folder of ours, never written through; a link at dest is replaced by the download.
+    files.real_dir(work_dir, [CACHE_DIRNAME, tag])
     url = release_asset_url(base_url, tag, arch)
     archive = dest.parent / asset_name(arch)
     try:
@@ -259,16 +264,23 @@ def _version_key(tag: str) -> tuple:
 def newest_cached_runner(work_dir: Path) -> tuple[str, Path] | None:
     """The cached release runner with the highest version (then the newest file)."""
     root = _cache_root(work_dir)
-    if not root.is_dir():
+    try:
+        names = [e.name for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+    except OSError:
         return None
-    found = [
-        (d.name, d / RUNNER_NAME)
-        for d in root.iterdir()
-        if d.is_dir() and d.name != "git-src" and (d / RUNNER_NAME).is_file()
-    ]
+    found = []
+    for name in names:
+        if name == "git-src" or not files.safe_segment(name):
+            continue
+        try:
+            with files.opened(work_dir, [CACHE_DIRNAME, name, RUNNER_NAME]) as (_fd, st):
+                found.append((name, root / name / RUNNER_NAME, st.st_mtime))
+        except OSError:
+            continue  # none there, or a link or a FIFO the guest put there
     if not found:
         return None
-    return max(found, key=lambda item: (_version_key(item[0]), item[1].stat().st_mtime))
+    tag, path, _mtime = max(found, key=lambda item: (_version_key(item[0]), item[2]))
+    return tag, path
 
 
 def builtin_runner() -> ResolvedRunner:
@@ -286,15 +298,23 @@ def _resolve_latest(
     stamp = _latest_stamp(work_dir, base_url)
     if not check_due(stamp, refresh=refresh):
         # Asked within the day: the release it named, from the cache, no network.
-        tag = stamp.read_text().strip()
+        try:
+            tag = files.read_limited(work_dir, [CACHE_DIRNAME, stamp.name], 256).decode().strip()
+        except (OSError, ValueError):
+            tag = ""
         path = cached_runner_path(work_dir, tag)
-        if _SAFE_TAG_RE.match(tag) and path.is_file():
+        if _SAFE_TAG_RE.match(tag) and files.is_regular(
+            work_dir, [CACHE_DIRNAME, tag, RUNNER_NAME]
+        ):
             say(f"using the cached patchbay runner {tag} (latest as of the last daily check)")
             return ResolvedRunner(RunnerKind.LATEST, path, tag)
     try:
         tag = resolve_latest_tag(base_url)
         path = fetch_release(tag, work_dir, arch, base_url)
-        stamp.write_text(tag + "\n")  # the check is done: not again for a day
+        # The check is done: not again for a day.
+        files.write_atomic(
+            files.real_dir(work_dir, CACHE_DIRNAME) / stamp.name, f"{tag}\n".encode()
+        )
         return ResolvedRunner(RunnerKind.LATEST, path, tag)
     except Unreachable as exc:
         cached = newest_cached_runner(work_dir)
@@ -318,7 +338,14 @@ def _resolve_latest(
 
 
 def git_src_dir(work_dir: Path) -> Path:
-    return _cache_root(work_dir) / "git-src"
+    """The clone a `git:REF` runner is built in: in the user's cache dir, one per work dir,
+    never in the work dir itself. The guest writes the work dir, and a clone there would
+    let it plant a git hook, a `core.fsmonitor` command or a build.rs that the host then
+    runs (git checkout, cargo build)."""
+    import platformdirs
+
+    key = hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:16]
+    return Path(platformdirs.user_cache_dir("patchbay")) / "git-src" / key
 
 
 def git_clone_argv(repo_url: str, src_dir: Path) -> list[str]:
@@ -492,14 +519,47 @@ def resolve_runner(
 def install_runner(resolved: ResolvedRunner, work_dir: Path) -> Path:
     """Stage the runner as <work>/.patchbay-bin/patchbay (guest /work/.patchbay-bin/patchbay).
 
-    Always through a temp file and a rename: a runner still running from an earlier or
-    concurrent sim.run keeps its file.
+    Always through a temp file created exclusively and a rename: a runner still running
+    from an earlier or concurrent sim.run keeps its file. `.patchbay-bin` is made a folder
+    of ours first: a link the guest put there (or at `patchbay`) is replaced, never written
+    through. A runner from the work dir's cache is read without following links.
     """
-    dest = work_dir / BIN_DIRNAME / RUNNER_NAME
-    if resolved.path is None:
-        return builtin.write_zipapp(dest)
-    with contextlib.suppress(OSError):
-        if dest.exists() and resolved.path.resolve() == dest.resolve():
-            os.chmod(dest, 0o755)
-            return dest
-    return copy_executable(resolved.path, dest)
+    try:
+        dest = files.real_dir(work_dir, BIN_DIRNAME) / RUNNER_NAME
+        if resolved.path is None:
+            return _install_builtin(work_dir, dest)
+        inside = _parts_in(resolved.path, work_dir)
+        if inside is None:
+            return copy_executable(resolved.path, dest)  # the user's own file, or our build
+        with files.opened(work_dir, inside) as (fd, st):
+            return files.copy_fd_executable(fd, st, dest)
+    except files.RefusedFile as exc:
+        raise TaskError(
+            f"cannot stage the runner from {resolved.path}: {exc.strerror}; "
+            "the work dir is written by the guest, remove it and run again"
+        ) from None
+
+
+def _install_builtin(work_dir: Path, dest: Path) -> Path:
+    """The builtin runner at dest; the same bytes already there are kept as they are
+    (their mtime too), so copying to a guest without shares sees nothing new to send."""
+    data = builtin.zipapp_bytes()
+    try:
+        with files.opened(work_dir, [BIN_DIRNAME, RUNNER_NAME]) as (fd, st):
+            executable = stat.S_IMODE(st.st_mode) & 0o111 == 0o111
+            same_size = executable and st.st_size == len(data)
+            if same_size and b"".join(files.FileStream(os.dup(fd), 0, len(data))) == data:
+                return dest
+    except OSError:
+        pass  # not there, or not a regular file: written anew
+    return files.write_atomic(dest, data, 0o755)
+
+
+def _parts_in(path: Path, work_dir: Path) -> list[str] | None:
+    """path's segments below work_dir when it lies there (as written, links not
+    resolved: a link the guest planted must not decide), else None."""
+    absolute = Path(os.path.abspath(path))
+    for root in {Path(os.path.abspath(work_dir)), work_dir.resolve()}:
+        if absolute.is_relative_to(root) and absolute != root:
+            return list(absolute.relative_to(root).parts)
+    return None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import guest
+from . import files, guest
 from .errors import TaskError
 from .shares import NO_SHARES
 from .ui import say, warn
@@ -35,6 +35,8 @@ from .workdir import RUN_DIR
 
 MANIFEST = ".patchbay-sync.json"
 PART_SUFFIX = ".patchbay-part"
+# Folders of a pulled run nested deeper than this are left in the guest (ours: 3).
+MAX_PULL_DEPTH = 32
 
 
 class SyncError(TaskError):
@@ -198,19 +200,20 @@ def _listing(sftp: Any, path: str) -> dict[str, Any] | None:
 
 
 def _read_manifest(sftp: Any, guest_root: str) -> dict[str, list[int]]:
+    # The guest may have written it: read with the limits of any run file.
     try:
         with sftp.open(f"{guest_root}/{MANIFEST}", "r") as f:
-            data = json.loads(f.read().decode())
+            data = files.loads_json(f.read(files.MAX_JSON_BYTES + 1).decode())
     except (OSError, ValueError):
         return {}
-    files = data.get("files") if isinstance(data, dict) else None
-    return files if isinstance(files, dict) else {}
+    listed = data.get("files") if isinstance(data, dict) else None
+    return listed if isinstance(listed, dict) else {}
 
 
-def _write_manifest(sftp: Any, guest_root: str, files: Mapping[str, Sequence[int]]) -> None:
+def _write_manifest(sftp: Any, guest_root: str, entries: Mapping[str, Sequence[int]]) -> None:
     tmp = f"{guest_root}/{MANIFEST}{PART_SUFFIX}"
     with sftp.open(tmp, "w") as f:
-        f.write(json.dumps({"files": dict(sorted(files.items()))}).encode())
+        f.write(json.dumps({"files": dict(sorted(entries.items()))}).encode())
     sftp.posix_rename(tmp, f"{guest_root}/{MANIFEST}")
 
 
@@ -289,25 +292,36 @@ def _put(sftp: Any, local: Path, remote: str, entry: Sequence[int]) -> None:
     sftp.posix_rename(tmp, remote)
 
 
-def _walk(sftp: Any, root: str, rel: str = "") -> tuple[dict[str, Any], list[str], list[str]]:
-    """(files rel -> attrs, folders, symlinks) under a guest folder."""
-    files: dict[str, Any] = {}
+def _walk(sftp: Any, root: str) -> tuple[dict[str, Any], list[str], list[str], list[str]]:
+    """(files rel -> attrs, folders, symlinks, refused) under a guest folder, folders
+    first. Names that are not plain names (`..`, a separator) and folders deeper than
+    MAX_PULL_DEPTH are refused: the guest lists them, and it is not trusted."""
+    files_: dict[str, Any] = {}
     folders: list[str] = []
     links: list[str] = []
-    for attrs in sftp.listdir_attr(_join(root, rel)):
-        sub = f"{rel}/{attrs.filename}" if rel else attrs.filename
-        mode = attrs.st_mode or 0
-        if stat.S_ISDIR(mode):
-            folders.append(sub)
-            f, d, s = _walk(sftp, root, sub)
-            files.update(f)
-            folders += d
-            links += s
-        elif stat.S_ISLNK(mode):
-            links.append(sub)
-        elif stat.S_ISREG(mode) and not attrs.filename.endswith(PART_SUFFIX):
-            files[sub] = attrs
-    return files, folders, links
+    refused: list[str] = []
+    pending = [("", 0)]
+    while pending:
+        rel, depth = pending.pop()
+        for attrs in sftp.listdir_attr(_join(root, rel)):
+            name = attrs.filename
+            sub = f"{rel}/{name}" if rel else name
+            if not files.safe_segment(name):
+                refused.append(f"{root}/{sub}: not a plain file name")
+                continue
+            mode = attrs.st_mode or 0
+            if stat.S_ISDIR(mode):
+                if depth + 1 >= MAX_PULL_DEPTH:
+                    refused.append(f"{root}/{sub}: folders nested deeper than {MAX_PULL_DEPTH}")
+                    continue
+                folders.append(sub)
+                pending.append((sub, depth + 1))
+            elif stat.S_ISLNK(mode):
+                links.append(sub)
+            elif stat.S_ISREG(mode) and not name.endswith(PART_SUFFIX):
+                files_[sub] = attrs
+    folders.sort(key=lambda d: (d.count("/"), d))
+    return files_, folders, links, refused
 
 
 def _local_state(path: Path) -> FileState | None:
@@ -318,21 +332,41 @@ def _local_state(path: Path) -> FileState | None:
     return FileState.of(st) if stat.S_ISREG(st.st_mode) else None
 
 
-def pull(conn: Any, guest_dir: str, host_dir: Path) -> Copied:
+def link_stays_inside(rel: str, target: str) -> bool:
+    """Whether a link at rel (relative to the folder pulled) pointing at target leads to
+    a place inside that folder: relative, and no `..` beyond its top."""
+    if not target or target.startswith(("/", "\\")) or "\x00" in target:
+        return False
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+    return joined != ".." and not joined.startswith(("../", "/"))
+
+
+def pull(conn: Any, guest_dir: str, host_dir: Path, root: Path | None = None) -> Copied:
     """Copy a guest folder's files that are new or changed into host_dir (made if
-    needed), with their mtimes and modes; relative symlinks inside it are made again.
-    Files that cannot be read are listed in `Copied.failed`, the others still come."""
+    needed), with their mtimes and modes; relative symlinks that stay inside it are made
+    again. Files that cannot be read are listed in `Copied.failed`, the others still come.
+
+    The guest is not trusted: root (the work dir) and the folders below it are made real
+    folders (a link found there is replaced, never written through), names are checked,
+    and a link that would lead out of host_dir is not made (listed in `failed`)."""
     sftp = _sftp(conn)
     started = time.monotonic()
     done = Copied()
     try:
-        files, folders, links = _walk(sftp, guest_dir)
+        remote_files, folders, links, refused = _walk(sftp, guest_dir)
     except OSError as e:
         raise SyncError(f"cannot list the guest's {guest_dir}: {type(e).__name__}: {e}") from None
-    host_dir.mkdir(parents=True, exist_ok=True)
-    for d in folders:
-        (host_dir / d).mkdir(parents=True, exist_ok=True)
-    remote = {rel: FileState.of(a) for rel, a in files.items()}
+    done.failed += refused
+    try:
+        if root is not None:
+            host_dir = files.real_dir(root, host_dir.relative_to(root).parts)
+        else:
+            host_dir.mkdir(parents=True, exist_ok=True)
+        for d in folders:
+            files.real_dir(host_dir, d)
+    except (OSError, ValueError) as e:
+        raise SyncError(f"cannot make the folders of {host_dir}: {e}") from None
+    remote = {rel: FileState.of(a) for rel, a in remote_files.items()}
     fetch = plan_pull(remote, {rel: _local_state(host_dir / rel) for rel in remote})
     done.unchanged = len(remote) - len(fetch)
     for rel in fetch:
@@ -359,11 +393,13 @@ def pull(conn: Any, guest_dir: str, host_dir: Path) -> Copied:
         except OSError as e:
             done.failed.append(f"{guest_dir}/{rel}: {e.strerror or e}")
             continue
-        if target and not target.startswith("/"):
-            try:
-                _symlink(target, host_dir / rel)
-            except OSError as e:  # Windows without the symlink privilege
-                done.failed.append(f"{guest_dir}/{rel} (a link to {target}): {e.strerror or e}")
+        if not link_stays_inside(rel, target or ""):
+            done.failed.append(f"{guest_dir}/{rel}: a link to {target!r}, out of the folder")
+            continue
+        try:
+            _symlink(target, host_dir / rel)
+        except OSError as e:  # Windows without the symlink privilege
+            done.failed.append(f"{guest_dir}/{rel} (a link to {target}): {e.strerror or e}")
     done.seconds = time.monotonic() - started
     return done
 
@@ -437,10 +473,13 @@ def bring_runs_home(conn: Any, settings: Any, before: set[str]) -> Copied:
     failures = []
     for run in runs:
         try:
-            total.add(pull(conn, f"{GUEST_WORK}/{run}", settings.work_dir / run))
+            home = settings.work_dir / run
+            total.add(pull(conn, f"{GUEST_WORK}/{run}", home, root=settings.work_dir))
         except SyncError as e:
             failures.append(str(e))
-    if latest and (settings.work_dir / latest).is_dir():
+    # `latest` is made only as a link to a run folder of ours, whatever the guest's says.
+    latest = latest.rstrip("/") if latest else None
+    if latest and RUN_DIR.fullmatch(latest) and runs_dir_is_real(settings.work_dir, latest):
         try:
             _symlink(latest, settings.work_dir / "latest")
         except OSError as e:  # Windows without the symlink privilege
@@ -465,6 +504,14 @@ def bring_runs_home(conn: Any, settings: Any, before: set[str]) -> Copied:
             f"(they stay in its {GUEST_WORK}; `vm.ssh -- ls {GUEST_WORK}`):\n  {shown}{more}"
         )
     return total
+
+
+def runs_dir_is_real(work_dir: Path, name: str) -> bool:
+    """work_dir/name is a folder, not a link to one."""
+    try:
+        return stat.S_ISDIR((work_dir / name).lstat().st_mode)
+    except OSError:
+        return False
 
 
 def _quietly(what: str, action: Any) -> TaskError | None:
@@ -544,7 +591,8 @@ def bring_tests_home_after(conn: Any, settings: Any, as_root: bool) -> TaskError
     def action() -> None:
         if as_root:
             claim(conn, settings.ssh_user, [GUEST_TESTS])
-        done = pull(conn, GUEST_TESTS, settings.work_dir / "binaries" / "tests")
+        home = settings.work_dir / "binaries" / "tests"
+        done = pull(conn, GUEST_TESTS, home, root=settings.work_dir)
         if done.files:
             say(f"copied from the guest: {done.describe()}")
         if done.failed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 RUN_DIR = re.compile(r"sim-(\d{6})-(\d{6})(?:-(\d+))?")
@@ -23,16 +24,36 @@ def run_dirs(work_dir: Path) -> list[Path]:
         entries = list(work_dir.iterdir())
     except OSError:
         return []
-    runs = [p for p in entries if RUN_DIR.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    # Links are never run folders (a link the guest made may lead anywhere).
+    runs = [p for p in entries if RUN_DIR.fullmatch(p.name) and _real_dir(p)]
     return sorted(runs, key=order)
 
 
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def latest_run(work_dir: Path) -> Path | None:
-    """The run folder the `latest` symlink points to, if any."""
-    link = work_dir / "latest"
-    if not link.is_symlink():
+    """The run folder the `latest` symlink names, if it names one of work_dir's.
+
+    The link is read, never followed: the guest writes the work dir, and a `latest`
+    leading anywhere else (`/`, `../..`) names no run of ours."""
+    try:
+        target = os.readlink(work_dir / "latest")
+    except OSError:
         return None
-    return (work_dir / os.readlink(link)).resolve()
+    name = target.rstrip("/").removeprefix("./")
+    if not RUN_DIR.fullmatch(name):
+        return None
+    path = work_dir / name
+    try:
+        is_dir = stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return None
+    return path.resolve() if is_dir else None
 
 
 def prune_runs(work_dir: Path, keep: int) -> list[Path]:
@@ -49,6 +70,7 @@ def prune_runs(work_dir: Path, keep: int) -> list[Path]:
     for path in runs[: max(len(runs) - keep, 0)]:
         if latest is not None and path.resolve() == latest:
             continue
+        # rmtree removes links inside, never what they point at (and refuses a top link).
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed

@@ -458,9 +458,19 @@ def test_install_runner_missing_source_leaves_nothing(tmp_path: Path) -> None:
 # ── git:REF ──────────────────────────────────────────────────────────────────
 
 
-def test_git_argv_builders(tmp_path: Path) -> None:
-    src = tmp_path / ".patchbay-cache" / "git-src"
-    assert runner.git_src_dir(tmp_path) == src
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's cache dir (where git:REF clones go) for these tests: a temp folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    return tmp_path / "user-cache"
+
+
+def test_git_argv_builders(tmp_path: Path, user_cache: Path) -> None:
+    src = runner.git_src_dir(tmp_path)
+    # Never in the work dir, which the guest writes (a hook there would run on the host).
+    assert src.is_relative_to(user_cache / "patchbay" / "git-src")
+    assert not src.is_relative_to(tmp_path / ".patchbay-cache")
+    assert runner.git_src_dir(tmp_path / "other") != src
     url = "https://github.com/n0-computer/patchbay"
     assert runner.git_clone_argv(url, src) == ["git", "clone", "--no-checkout", url, str(src)]
     assert runner.git_fetch_argvs(url, src) == [

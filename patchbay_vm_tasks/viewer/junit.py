@@ -6,6 +6,7 @@ from a work dir.
 
 from __future__ import annotations
 
+import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from . import runs
 
 # Per sim, the step logs (system-out) are capped: CI UIs choke on megabytes.
@@ -112,15 +114,25 @@ def sim_junit_xml(
     return _xml(root)
 
 
-def _step_logs(sim_dir: Path) -> dict[str, str]:
+def _step_logs(base: Path, parts: list[str]) -> dict[str, str]:
+    """The step logs of a sim folder, each by its last OUT_CAP bytes (never read whole),
+    read through `files` (links and anything not a regular file left out)."""
     found = {}
-    for path in sorted(sim_dir.glob("*.log")):
-        if (
-            path.is_file()
-            and not path.is_symlink()
-            and path.name.endswith((".stdout.log", ".stderr.log"))
-        ):
-            found[path.name] = _cap(path.read_text(encoding="utf-8", errors="replace"))
+    try:
+        names = sorted(e.name for e in os.scandir(base.joinpath(*parts)))
+    except OSError:
+        return {}
+    for name in names:
+        if not name.endswith((".stdout.log", ".stderr.log")) or not files.safe_segment(name):
+            continue
+        try:
+            data, size = files.read_tail(base, [*parts, name], OUT_CAP)
+        except OSError:
+            continue
+        text = data.decode("utf-8", errors="replace")
+        found[name] = (
+            text if size <= len(data) else f"[... {size - len(data)} bytes left out ...]\n{text}"
+        )
     return found
 
 
@@ -128,25 +140,25 @@ def sim_invocation_data(work_dir: Path, invocation: str = "latest") -> dict[str,
     """sim_junit_xml's arguments read from `work_dir/<invocation>` (or `latest`)."""
     name = runs.latest_invocation(work_dir) if invocation == "latest" else invocation
     folder = runs.invocation_dir(work_dir, name) if name else None
-    if folder is None:
+    if folder is None or name is None:
         raise FileNotFoundError(f"no invocation {invocation!r} in {work_dir}")
-    progress = runs.invocation_progress(folder) or {}
+    progress = runs.invocation_progress(work_dir, name) or {}
     sims = [s for s in progress.get("simulations") or [] if isinstance(s, dict)]
     sim_jsons, step_logs = {}, {}
     for entry in sims:
         key = str(entry.get("sim") or entry.get("sim_dir") or "?")
-        sim_dir = runs.invocation_dir(folder, Path(str(entry.get("sim_dir") or key)).name)
-        if sim_dir is not None:
-            data = runs.read_json(sim_dir / "sim.json")
+        sim_dir = Path(str(entry.get("sim_dir") or key)).name
+        if runs.invocation_dir(folder, sim_dir) is not None:
+            data = runs.read_json(work_dir, [name, sim_dir, "sim.json"])
             sim_jsons[key] = data if isinstance(data, dict) else None
-            step_logs[key] = _step_logs(sim_dir)
+            step_logs[key] = _step_logs(work_dir, [name, sim_dir])
     return {"invocation": name, "simulations": sims, "sim_jsons": sim_jsons, "step_logs": step_logs}
 
 
 def write_sim_junit(work_dir: Path, out: Path, invocation: str = "latest") -> Path:
     """The JUnit file of a sim.run invocation (for `sim.run --junit FILE`)."""
-    out.write_text(sim_junit_xml(**sim_invocation_data(work_dir, invocation)), encoding="utf-8")
-    return out
+    xml = sim_junit_xml(**sim_invocation_data(work_dir, invocation))
+    return files.write_atomic(out, xml.encode("utf-8"))
 
 
 # ------------------------------------------------------------------------- tests

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import files
+
 SAMPLE_BYTES = 16 * 1024
+# Files of one run folder listed (and sampled) at most; a run of ours has dozens.
+MAX_LISTED = 4096
+# A line of events.jsonl longer than this is skipped (ours are a few hundred bytes).
+MAX_EVENT_LINE = 1024 * 1024
+# What one read of events.jsonl takes at most (the live stream reads on from there); the
+# report embeds the events of this much.
+MAX_EVENTS_BYTES = 32 * 1024 * 1024
 # The server's kind order decides the listing order within a node.
 KIND_ORDER = ["tracing_jsonl", "lab_events", "jsonl", "json", "qlog", "ansi_text", "text"]
 
@@ -36,13 +45,10 @@ def _lines(text: str) -> list[str]:
     return [p[:-1] if p.endswith("\r") else p for p in parts]
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # serde_json refuses NaN/Infinity too
-
-
 def _json(text: str) -> tuple[bool, Any]:
+    # serde_json refuses NaN/Infinity too; too deep (`[` 20,000 times) is not JSON either.
     try:
-        return True, json.loads(text, parse_constant=_no_constant)
+        return True, files.loads_json(text)
     except ValueError:
         return False, None
 
@@ -114,19 +120,21 @@ def kind_of(filename: str, sample: bytes) -> str:
     return "text"
 
 
-def list_logs(run_dir: Path) -> list[dict[str, str]]:
-    """Non-empty regular files directly in the run folder (links skipped), sorted."""
+def list_logs(base: Path, parts: Sequence[str] = ()) -> list[dict[str, str]]:
+    """Non-empty regular files directly in the run folder base/parts (links and anything
+    not a regular file skipped), sorted. A file whose sample cannot be read is left out;
+    the others are still listed."""
     logs = []
     try:
-        entries = list(os.scandir(run_dir))
+        with os.scandir(base.joinpath(*parts)) as it:
+            entries = sorted(it, key=lambda e: e.name)
     except OSError:
         return []
-    for entry in entries:
-        if not entry.is_file(follow_symlinks=False):
-            continue
+    for entry in entries[:MAX_LISTED]:
         try:
-            with open(entry.path, "rb") as f:
-                sample = f.read(SAMPLE_BYTES)
+            if not entry.is_file(follow_symlinks=False) or not files.safe_segment(entry.name):
+                continue
+            sample, _size = files.read_window(base, [*parts, entry.name], 0, SAMPLE_BYTES)
         except OSError:
             continue
         if sample:
@@ -141,38 +149,43 @@ def list_logs(run_dir: Path) -> list[dict[str, str]]:
     return logs
 
 
-def read_from(path: Path, offset: int) -> bytes:
-    """The file's bytes from offset on (empty past the end)."""
-    with open(path, "rb") as f:
-        f.seek(max(0, offset))
-        return f.read()
-
-
 def complete_lines(data: bytes) -> tuple[list[bytes], int]:
     """The complete lines of data and how many bytes they take; a partial last line waits."""
     end = data.rfind(b"\n") + 1
     return data[:end].splitlines(), end
 
 
+def parse_event(line: bytes) -> dict | None:
+    """One events.jsonl line as an event with an integer opid, else None (broken, not an
+    object, too long or nested too deep: skipped, the stream goes on)."""
+    if len(line) > MAX_EVENT_LINE:
+        return None
+    try:
+        event = files.loads_json(line)
+    except ValueError:
+        return None
+    opid = event.get("opid") if isinstance(event, dict) else None
+    if isinstance(opid, int) and not isinstance(opid, bool):
+        return event
+    return None
+
+
 def parse_events(lines: list[bytes], after: int) -> list[dict]:
     """Events with an integer opid above `after`; broken lines are skipped."""
     events = []
     for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        opid = event.get("opid") if isinstance(event, dict) else None
-        if isinstance(opid, int) and not isinstance(opid, bool) and opid > after:
+        event = parse_event(line)
+        if event is not None and event["opid"] > after:
             events.append(event)
     return events
 
 
-def read_events(path: Path, after: int = 0) -> tuple[list[dict], int]:
-    """The complete events of events.jsonl above `after`, and the byte offset read up to."""
+def read_events(base: Path, rel: Sequence[str], after: int = 0) -> tuple[list[dict], int, bool]:
+    """The complete events of an events.jsonl above `after` among its first
+    MAX_EVENTS_BYTES, the byte offset read up to, and whether the file was longer."""
     try:
-        data = read_from(path, 0)
+        data, size = files.read_window(base, rel, 0, MAX_EVENTS_BYTES)
     except OSError:
-        return [], 0
+        return [], 0, False
     lines, end = complete_lines(data)
-    return parse_events(lines, after), end
+    return parse_events(lines, after), end, size > len(data)

@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import files
 from . import logs, runs
 from .api import static_file
 
-# A report goes into mail and CI artifacts: long logs keep their end, where failures are.
+# A report goes into mail and CI artifacts: long logs keep their end, where failures are
+# (only that end is read).
 LOG_CAP = 256 * 1024
 # Files the page reads through the files route.
 RUN_FILES = ("sim.json", "results.json")
@@ -25,27 +27,37 @@ class ReportError(Exception):
     pass
 
 
-def _text_tail(path: Path) -> str:
-    data = path.read_bytes()
-    if len(data) <= LOG_CAP:
-        return data.decode("utf-8", errors="replace")
-    kept = data[-LOG_CAP:].decode("utf-8", errors="replace")
-    return f"[... {len(data) - LOG_CAP} earlier bytes left out of the report ...]\n{kept}"
+def _text_tail(base: Path, rel: list[str]) -> str:
+    """The log's last LOG_CAP bytes (read as such: a huge log is never read whole), with a
+    note of what was left out."""
+    try:
+        data, size = files.read_tail(base, rel, LOG_CAP)
+    except OSError as e:
+        return f"[not included in the report: {e.strerror or e}]"
+    text = data.decode("utf-8", errors="replace")
+    if size <= len(data):
+        return text
+    return f"[... {size - len(data)} earlier bytes left out of the report ...]\n{text}"
 
 
-def _run_data(run: runs.RunInfo) -> dict[str, Any]:
-    listed = logs.list_logs(run.path)
-    files = {}
-    for name in RUN_FILES:
-        path = runs.file_in(run.path, [name])
-        if path is not None:
-            files[name] = path.read_text(encoding="utf-8", errors="replace")
+def _run_file(base: Path, rel: list[str]) -> str | None:
+    try:
+        return files.read_limited(base, rel, files.MAX_JSON_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _run_data(base: Path, run: runs.RunInfo) -> dict[str, Any]:
+    listed = logs.list_logs(base, run.parts)
+    found = {name: _run_file(base, run.rel(name)) for name in RUN_FILES}
+    events, _end, cut = logs.read_events(base, run.rel(runs.EVENTS))
     return {
-        "state": runs.read_json(run.path / runs.STATE),
-        "events": logs.read_events(run.path / runs.EVENTS)[0],
+        "state": runs.read_json(base, run.rel(runs.STATE)),
+        "events": events,
+        "eventsCut": cut,
         "logs": listed,
-        "logText": {e["path"]: _text_tail(run.path / e["path"]) for e in listed},
-        "files": files,
+        "logText": {e["path"]: _text_tail(base, run.rel(e["path"])) for e in listed},
+        "files": {name: text for name, text in found.items() if text is not None},
     }
 
 
@@ -58,20 +70,20 @@ def resolve_invocation(work_dir: Path, invocation: str) -> str:
 
 
 def report_data(work_dir: Path, invocation: str = "latest") -> dict[str, Any]:
-    """What the page needs for one invocation, as plain JSON data."""
+    """What the page needs for one invocation, as plain JSON data. Every file is read
+    through `files`: no link followed, regular files only, logs by their tail."""
     work_dir = work_dir.resolve()
     name = resolve_invocation(work_dir, invocation)
-    folder = work_dir / name
     found = [r for r in runs.discover_runs(work_dir) if r.invocation == name]
-    combined = runs.read_json(folder / "combined-results.json")
-    progress = runs.invocation_progress(folder)
+    combined = runs.read_json(work_dir, [name, "combined-results.json"])
+    progress = runs.invocation_progress(work_dir, name)
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "invocation": name,
         "runs": [r.api() for r in found],
         "progress": {name: progress} if progress is not None else {},
         "combined": {name: combined} if isinstance(combined, dict) else {},
-        "runData": {r.name: _run_data(r) for r in found},
+        "runData": {r.name: _run_data(work_dir, r) for r in found},
     }
 
 
@@ -96,8 +108,8 @@ def render_report(data: dict[str, Any]) -> str:
 
 
 def write_report(work_dir: Path, out: Path, invocation: str = "latest") -> Path:
-    """Write the report of an invocation to out; returns out."""
+    """Write the report of an invocation to out; returns out. Written whole or not at all
+    (a temp file renamed onto out), and a link at out is replaced, not written through
+    (out may be in the work dir, which the guest writes)."""
     text = render_report(report_data(work_dir, invocation))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    return out
+    return files.write_atomic(out, text.encode("utf-8"))

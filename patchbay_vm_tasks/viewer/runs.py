@@ -1,16 +1,23 @@
-"""Finding runs in the work dir and resolving paths inside it without ever leaving it.
+"""Finding runs in the work dir and reading their files without ever leaving it.
 
 A "run" is one sim's folder (it holds events.jsonl), named by its path relative to the
 work dir (`sim-YYMMDD-HHMMSS/<sim>`); an "invocation" is the `sim-...` folder above it.
+
+Everything here is written by the guest (files.py): runs are found by a scan that skips
+links, and every file is read through `files` (no link followed below the work dir,
+regular files only, size and nesting limits). A run whose state.json cannot be read is
+still listed, with no label and no status.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .. import files
 
 EVENTS = "events.jsonl"
 STATE = "state.json"
@@ -24,6 +31,8 @@ class RunInfo:
     label: str | None
     status: str | None
     invocation: str | None
+    # The run folder's segments below the work dir (empty: the work dir is the run).
+    parts: tuple[str, ...] = field(default=(), compare=False)
 
     def api(self) -> dict[str, Any]:
         return {
@@ -33,17 +42,19 @@ class RunInfo:
             "invocation": self.invocation,
         }
 
-
-def read_json(path: Path) -> Any:
-    """The parsed file, or None when it is missing or half-written."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    def rel(self, *names: str) -> list[str]:
+        """The segments of a file of this run below the work dir."""
+        return [*self.parts, *names]
 
 
-def _metadata(run_dir: Path) -> tuple[str | None, str | None]:
-    state = read_json(run_dir / STATE)
+def read_json(base: Path, rel: str | Sequence[str]) -> Any:
+    """The parsed run file base/rel, or None when it is missing, half-written, a link, not
+    a regular file, too big or nested too deep."""
+    return files.read_json(base, rel)
+
+
+def _metadata(base: Path, parts: Sequence[str]) -> tuple[str | None, str | None]:
+    state = read_json(base, [*parts, STATE])
     if not isinstance(state, dict):
         return None, None
     label, status = state.get("label"), state.get("status")
@@ -52,34 +63,42 @@ def _metadata(run_dir: Path) -> tuple[str | None, str | None]:
 
 def discover_runs(base: Path) -> list[RunInfo]:
     """Every run under base, newest first (names start with the invocation's timestamp)."""
-    if (base / EVENTS).is_file():  # the work dir is itself one run
-        label, status = _metadata(base)
-        return [RunInfo(base.name or ".", base, label, status, None)]
+    if files.is_regular(base, [EVENTS]):  # the work dir is itself one run
+        label, status = _metadata(base, [])
+        return [RunInfo(base.name or ".", base, label, status, None, ())]
     runs: list[RunInfo] = []
-    _scan(base, base, 1, runs)
+    _scan(base, (), 1, runs)
     runs.sort(key=lambda r: r.name, reverse=True)
     return runs
 
 
-def _scan(root: Path, folder: Path, depth: int, runs: list[RunInfo]) -> None:
+def _scan(base: Path, parts: tuple[str, ...], depth: int, runs: list[RunInfo]) -> None:
     if depth > MAX_DEPTH:
         return
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(base.joinpath(*parts)))
     except OSError:
         return
     for entry in entries:
         # Links are skipped: `latest` would list every run twice, others may lead out.
-        if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+        try:
+            if entry.is_symlink() or not entry.is_dir(follow_symlinks=False):
+                continue
+        except OSError:
             continue
-        path = Path(entry.path)
-        if (path / EVENTS).is_file() and not (path / EVENTS).is_symlink():
-            name = path.relative_to(root).as_posix()
-            label, status = _metadata(path)
-            first = name.split("/", 1)[0]
-            runs.append(RunInfo(name, path, label, status, first if first != name else None))
+        if not files.safe_segment(entry.name):
+            continue
+        sub = (*parts, entry.name)
+        if files.is_regular(base, [*sub, EVENTS]):
+            name = "/".join(sub)
+            label, status = _metadata(base, sub)
+            runs.append(
+                RunInfo(
+                    name, base.joinpath(*sub), label, status, sub[0] if depth > 1 else None, sub
+                )
+            )
         else:
-            _scan(root, path, depth + 1, runs)
+            _scan(base, sub, depth + 1, runs)
 
 
 def find_run(base: Path, name: str) -> RunInfo | None:
@@ -90,54 +109,63 @@ def find_run(base: Path, name: str) -> RunInfo | None:
     return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(folder.resolve())
-    except (OSError, RuntimeError):
-        return False
-
-
 def safe_segment(segment: str) -> bool:
     """One decoded URL path segment that names a file or folder and nothing more."""
-    bad = segment in ("", ".", "..") or any(c in segment for c in "/\\\x00")
-    return not bad
+    return files.safe_segment(segment)
 
 
-def file_in(folder: Path, segments: list[str]) -> Path | None:
-    """A regular file at folder/segments..., only when it resolves inside folder."""
+def file_parts(run: RunInfo, segments: list[str]) -> list[str] | None:
+    """The segments of a run's file below the work dir, when each names one file or
+    folder; whether it is a regular file reached without links is up to the read."""
     if not segments or not all(safe_segment(s) for s in segments):
         return None
-    path = folder.joinpath(*segments)
-    if not _inside(path, folder) or not path.is_file():
-        return None
-    return path.resolve()
+    return run.rel(*segments)
 
 
 def invocation_dir(base: Path, name: str) -> Path | None:
-    """The invocation folder `base/name` (one segment, resolving inside base)."""
+    """The invocation folder `base/name`: one segment naming a real folder (not a link)."""
     if not safe_segment(name):
         return None
     path = base / name
-    if not path.is_dir() or not _inside(path, base):
+    try:
+        if path.is_symlink() or not path.is_dir():
+            return None
+    except OSError:
         return None
-    return path.resolve()
+    return path
 
 
 def latest_invocation(base: Path) -> str | None:
-    """The `latest` link's target when it stays inside base, else the newest sim-* folder."""
-    link = base / "latest"
-    if link.is_symlink() and _inside(link, base) and link.resolve().is_dir():
-        return link.resolve().name
-    names = sorted(
-        (p.name for p in base.glob("sim-*") if p.is_dir() and not p.is_symlink()), reverse=True
-    )
+    """The `latest` link's target when it names a folder of base, else the newest sim-*
+    folder. The link is only read, never followed."""
+    try:
+        target = os.readlink(base / "latest")
+    except OSError:
+        target = None
+    if target is not None:
+        name = target.rstrip("/")
+        if name.startswith("./"):
+            name = name[2:]
+        if invocation_dir(base, name) is not None:
+            return name
+    try:
+        names = sorted(
+            (
+                e.name
+                for e in os.scandir(base)
+                if e.name.startswith("sim-") and e.is_dir(follow_symlinks=False)
+            ),
+            reverse=True,
+        )
+    except OSError:
+        return None
     return names[0] if names else None
 
 
-def invocation_progress(folder: Path) -> dict | None:
+def invocation_progress(base: Path, name: str) -> dict | None:
     """progress.json while it runs, manifest.json (same simulations[]) when it only has that."""
-    for name in ("progress.json", "manifest.json"):
-        data = read_json(folder / name)
+    for file in ("progress.json", "manifest.json"):
+        data = read_json(base, [name, file])
         if isinstance(data, dict):
             return data
     return None

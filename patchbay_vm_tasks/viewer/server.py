@@ -2,25 +2,51 @@
 
 Safe by default: it binds 127.0.0.1, and answers only requests whose Host header names the
 bound address (a page on another site cannot reach it through DNS rebinding).
+
+Bounded under load: a listen backlog of LISTEN_BACKLOG, at most MAX_WORKERS requests served
+at once (more wait in the backlog), of which at most MAX_STREAMS live event streams (one
+more is answered 503), and REQUEST_TIMEOUT_S for each read from and write to a client, so
+a half-sent request or a reader that stopped reading frees its thread.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from . import DEFAULT_BIND
 from .api import Api, Response
 
+# Listen backlog: 200 clients at once must all get in (the default, 5, left 25-51 of 200
+# unanswered); the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 512
+# Requests served at once; the others wait in the backlog until a thread is free.
+MAX_WORKERS = 64
+# Of those, live event streams (each open page holds two): the rest stay for plain requests.
+MAX_STREAMS = 32
+# Seconds a read from or write to a client may take: a request sent halfway, or a client
+# that stopped reading, ends here.
+REQUEST_TIMEOUT_S = 10.0
+
+_PORT = re.compile(r"[0-9]{1,5}")
+
 
 def parse_bind(bind: str) -> tuple[str, int]:
-    """`HOST:PORT` (`[::1]:PORT` for IPv6) -> (host, port); ValueError when malformed."""
+    """`HOST:PORT` (`[::1]:PORT` for IPv6) -> (host, port); ValueError when malformed or
+    the port is not 0-65535 (plain ASCII digits: `isdigit` takes `²`)."""
     host, sep, port = bind.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not host or host == "[]" or not (host.isascii() and host.isprintable()):
         raise ValueError(f"--bind wants HOST:PORT, got {bind!r}")
+    if " " in host:
+        raise ValueError(f"--bind wants HOST:PORT, got {bind!r}")
+    if not _PORT.fullmatch(port) or int(port) > 65535:
+        raise ValueError(f"--bind {bind!r}: the port must be a number from 0 to 65535")
     return host.strip("[]"), int(port)
 
 
@@ -41,14 +67,52 @@ def allowed_hosts(host: str, port: int) -> set[str]:
 class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, work_dir: Path, host: str = "127.0.0.1", port: int = 7421) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 7421,
+        *,
+        workers: int = MAX_WORKERS,
+        streams: int = MAX_STREAMS,
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> None:
         self.api = Api(work_dir)
         self.stopping = threading.Event()
+        self.workers = threading.BoundedSemaphore(workers)
+        self.streams = threading.BoundedSemaphore(min(streams, workers))
+        self.request_timeout = timeout
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
         self.hosts = allowed_hosts(host, self.server_address[1])
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        # In the accepting thread: with every worker busy, accepting waits (the clients
+        # wait in the backlog) instead of starting one thread per connection.
+        while not self.workers.acquire(timeout=0.2):
+            if self.stopping.is_set():
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.workers.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.workers.release()
+
+    def handle_error(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        # One line, not a traceback per broken connection.
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            print(f"viewer: {type(error).__name__}: {error}", file=sys.stderr)
 
     @property
     def url(self) -> str:
@@ -64,6 +128,10 @@ class Handler(BaseHTTPRequestHandler):
     server: ViewerServer
     server_version = "patchbay-vm-viewer"
 
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # for every recv and send on this socket
+        super().setup()
+
     def log_message(self, format: str, *args: object) -> None:  # quiet: a page polls a lot
         pass
 
@@ -75,6 +143,9 @@ class Handler(BaseHTTPRequestHandler):
             response = self.server.api.handle(self.path)
         except OSError:
             response = Response(404, "application/json", b'{"error": "not readable"}')
+        except Exception as e:  # noqa: BLE001 (whatever a run's files do, the server answers)
+            print(f"viewer: {self.path[:200]!r}: {type(e).__name__}: {e}", file=sys.stderr)
+            response = Response(500, "application/json", b'{"error": "internal error"}')
         self._send(response)
 
     def _refuse(self) -> None:
@@ -83,6 +154,34 @@ class Handler(BaseHTTPRequestHandler):
     do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
     def _send(self, response: Response) -> None:
+        holds_stream = False
+        if response.stream is not None:
+            holds_stream = self.server.streams.acquire(blocking=False)
+            if not holds_stream:
+                response = Response(503, "text/plain", b"too many live streams open\n")
+                response.headers["Retry-After"] = "5"
+        try:
+            self._send_headers(response)
+            if response.chunks is not None:
+                self.close_connection = True  # a file that shrank meanwhile ends it short
+                for chunk in response.chunks:
+                    self.wfile.write(chunk)
+            elif response.stream is not None:
+                self.close_connection = True
+                for chunk in response.stream(self.server.stopping):
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+            else:
+                self.wfile.write(response.body)
+        except OSError:  # the client went away or stopped reading (the timeout)
+            self.close_connection = True
+        finally:
+            if response.chunks is not None:
+                response.chunks.close()
+            if holds_stream:
+                self.server.streams.release()
+
+    def _send_headers(self, response: Response) -> None:
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("X-Content-Type-Options", "nosniff")
@@ -90,28 +189,20 @@ class Handler(BaseHTTPRequestHandler):
         for name, value in response.headers.items():
             self.send_header(name, value)
         if response.stream is None:
-            self.send_header("Content-Length", str(len(response.body)))
-            self.end_headers()
-            self.wfile.write(response.body)
-            return
+            length = response.length if response.chunks is not None else len(response.body)
+            self.send_header("Content-Length", str(length))
         self.end_headers()
-        self.close_connection = True
-        try:
-            for chunk in response.stream(self.server.stopping):
-                self.wfile.write(chunk)
-                self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the page went away
 
 
-def make_server(work_dir: Path, bind: str = DEFAULT_BIND) -> ViewerServer:
+def make_server(work_dir: Path, bind: str = DEFAULT_BIND, **limits: Any) -> ViewerServer:
+    """The server on bind (HOST:PORT); limits: workers, streams, timeout (tests)."""
     host, port = parse_bind(bind)
-    return ViewerServer(work_dir, host, port)
+    return ViewerServer(work_dir, host, port, **limits)
 
 
-def serve_in_thread(work_dir: Path, bind: str = DEFAULT_BIND) -> ViewerServer:
+def serve_in_thread(work_dir: Path, bind: str = DEFAULT_BIND, **limits: Any) -> ViewerServer:
     """A started server (for `sim.run --open` and tests); call .shutdown() to stop it."""
-    server = make_server(work_dir, bind)
+    server = make_server(work_dir, bind, **limits)
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True, name="viewer"
     ).start()

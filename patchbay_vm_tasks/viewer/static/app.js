@@ -21,7 +21,15 @@ function liveSource() {
     state: (name) => get(`${run(name)}/state`, 'json'),
     file: (name, path) => get(`${run(name)}/files/${enc(path)}`, 'text'),
     logs: async (name) => (await get(`${run(name)}/logs`, 'json')) || [],
-    logBytes: (name, path, after) => get(`${run(name)}/logs/${enc(path)}?after=${after}`, 'bytes'),
+    // A window of the log from byte `after` (the server sends at most 1 MiB) and its size.
+    async logChunk(name, path, after, limit) {
+      try {
+        const res = await fetch(`${run(name)}/logs/${enc(path)}?after=${after}` + (limit == null ? '' : `&limit=${limit}`))
+        if (!res.ok) return null
+        const bytes = new Uint8Array(await res.arrayBuffer())
+        return { bytes, size: Number(res.headers.get('X-Log-Size')) || after + bytes.length }
+      } catch { return null }
+    },
     combined: (inv) => get(`api/invocations/${enc(inv)}/combined-results`, 'json'),
     progress: (inv) => get(`api/invocations/${enc(inv)}/progress`, 'json'),
     logUrl: (name, path) => `${run(name)}/logs/${enc(path)}`,
@@ -47,7 +55,10 @@ function inlineSource(data) {
     state: async (name) => rd(name).state || null,
     file: async (name, path) => (rd(name).files || {})[path] ?? null,
     logs: async (name) => rd(name).logs || [],
-    logBytes: async (name, path, after) => after ? new Uint8Array() : utf8.encode((rd(name).logText || {})[path] ?? ''),
+    logChunk: async (name, path, after) => {
+      const bytes = utf8.encode((rd(name).logText || {})[path] ?? '')
+      return after ? { bytes: new Uint8Array(), size: bytes.length } : { bytes, size: bytes.length }
+    },
     combined: async (inv) => (data.combined || {})[inv] || null,
     progress: async (inv) => (data.progress || {})[inv] || null,
     logUrl: () => null,
@@ -423,19 +434,33 @@ function renderLogs(body, run, logs, chosen) {
   if (pick) tailLog(run, pick, view)
 }
 
+// A log's first view shows its last TAIL_START bytes (the raw link has all of it); then
+// it follows the log a server window at a time.
+const TAIL_START = 256 * 1024
+
 function tailLog(run, path, view) {
-  let offset = 0
+  let offset = null
   const dec = new TextDecoder()
   const tick = async () => {
-    const bytes = await src.logBytes(run, path, offset)
+    if (offset === null) {
+      const head = await src.logChunk(run, path, 0, src.live ? 0 : null)
+      if (view.isConnected === false) return
+      if (head && !src.live) { view.append(dec.decode(head.bytes)); return }
+      const size = head ? head.size : 0
+      offset = size > TAIL_START ? size - TAIL_START : 0
+      if (offset) view.append(`[... ${offset} earlier bytes not shown: open "raw" for the whole log ...]\n`)
+    }
+    const chunk = await src.logChunk(run, path, offset)
     if (view.isConnected === false) return
-    if (bytes && bytes.length) {
-      offset += bytes.length
+    let more = false
+    if (chunk && chunk.bytes.length) {
+      offset += chunk.bytes.length
+      more = offset < chunk.size
       const atEnd = view.scrollTop + view.clientHeight >= view.scrollHeight - 4
-      view.append(dec.decode(bytes, { stream: true }))
+      view.append(dec.decode(chunk.bytes, { stream: true }))
       if (atEnd) view.scrollTop = view.scrollHeight
     }
-    if (src.live) app.logTimer = setTimeout(tick, 1000)
+    if (src.live) app.logTimer = setTimeout(tick, more ? 0 : 1000)
   }
   tick()
 }
