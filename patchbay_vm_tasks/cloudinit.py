@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +18,10 @@ from pathlib import Path
 import yaml
 
 from .errors import UsageError
+from .files import atomic_file
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
+SEED_MODE = 0o600
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "cloud-init"
 
 
@@ -64,7 +65,12 @@ def render_seed(templates: Path, values: Mapping[str, str | int]) -> dict[str, s
 
 
 def write_seed_iso(seed: Mapping[str, str], path: Path) -> None:
-    """Write the NoCloud seed ISO (volume id `cidata`), atomically."""
+    """Write the NoCloud seed ISO (volume id `cidata`), atomically, mode 0600.
+
+    It holds the guest's SSH host private key in clear: created 0600 (a temp file made
+    exclusively, never through a link, renamed into place), in a state dir of mode 0700,
+    so no other local user can read it and impersonate the guest to our pinned client.
+    QEMU runs as the same user and reads it."""
     import pycdlib  # only when a seed is written or read, not at every task's start
 
     iso = pycdlib.PyCdlib()
@@ -73,12 +79,11 @@ def write_seed_iso(seed: Mapping[str, str], path: Path) -> None:
         data = text.encode()
         iso_name = "/" + name.replace("-", "").upper()[:8] + ".;1"
         iso.add_fp(io.BytesIO(data), len(data), iso_name, rr_name=name, joliet_path="/" + name)
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        iso.write(str(tmp))
+        with atomic_file(path, SEED_MODE) as f:
+            iso.write_fp(f)
     finally:
         iso.close()
-    os.replace(tmp, path)
 
 
 def read_seed_iso(path: Path) -> dict[str, str]:

@@ -7,9 +7,13 @@ Both are generated on the host, so the host key can be pinned in our own
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import write_atomic
+
+# Private keys, and the seed ISO that holds the guest's host key: the user's alone.
+PRIVATE_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -39,24 +43,18 @@ def ensure_keypair(path: Path, comment: str) -> KeyPair:
         public = key.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
         )
-        _write_private(path, private)
-        pub.write_text(f"{public.decode()} {comment}\n")
+        # The private key through a temp file created exclusively with mode 0600 (never a
+        # leftover of another mode, never through a link), then renamed into place: ssh
+        # refuses keys that others can read, and nobody else may read them for a moment.
+        write_atomic(path, private, PRIVATE_MODE)
+        write_atomic(pub, f"{public.decode()} {comment}\n".encode(), 0o644)
     return KeyPair(path, pub.read_text().strip())
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    # Create with 0600 from the start: ssh refuses keys that others can read.
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def write_known_hosts(path: Path, port: int, host_key: KeyPair) -> None:
     """Pin the guest host key for 127.0.0.1:port, the only way we reach the guest."""
     key_type, key_b64 = host_key.public_line.split()[:2]
-    path.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
+    write_atomic(path, f"[127.0.0.1]:{port} {key_type} {key_b64}\n".encode(), 0o644)
 
 
 def fingerprint(*parts: str) -> str:

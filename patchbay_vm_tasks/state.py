@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,24 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from .errors import VmUnavailable
+from .files import write_atomic
+
+# The state dir and its secrets (keys, the seed ISO): the user's alone.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Take away what mode does not allow (group and other bits) from an existing path of
+    ours; a link is left alone."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) & ~mode == 0:
+        return
+    with contextlib.suppress(OSError):
+        os.chmod(path, stat.S_IMODE(st.st_mode) & mode)
 
 
 @dataclass(frozen=True)
@@ -65,13 +84,25 @@ class StateDir:
             return None
 
     def write_runtime(self, record: dict[str, Any]) -> None:
-        tmp = self.runtime.with_name("runtime.json.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, self.runtime)
+        write_atomic(self.runtime, (json.dumps(record, indent=2) + "\n").encode())
+
+    def ensure(self) -> Path:
+        """The state dir, made (and kept) private: mode 0700, with `.qemu-vm` above it.
+
+        It holds the SSH client key, the guest's host key and the seed ISO with that key
+        in clear: another local user who could read them could log in to the guest or
+        impersonate it to our pinned client. A dir (or seed) of an older version that
+        others could read is tightened."""
+        for folder in (self.root.parent, self.root):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
+            _tighten(folder, PRIVATE_DIR_MODE)
+        _tighten(self.seed, PRIVATE_FILE_MODE)
+        return self.root
 
     def lock(self, timeout: float = 900.0) -> FileLock:
         """Held while a task starts, stops or cleans the VM (SPEC 9.12)."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ensure()
         return FileLock(str(self.lockfile), timeout=timeout)
 
 
