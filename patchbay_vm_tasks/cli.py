@@ -15,10 +15,13 @@ patchbay-vm test [FILTER] [flags] [-- ARGS]  -> test.run [FILTER] [flags] -- ARG
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from invoke import Program
+from invoke import Exit, Program
+from invoke.parser import ParseError
 
 from .errors import EXIT_USAGE
 from .tasks import namespace
@@ -42,6 +45,7 @@ RUN_VALUE_FLAGS = {
 SERVE_VALUE_FLAGS = {"--work-dir", "--bind"}
 TEST_VALUE_FLAGS = {
     "--target", "--package", "-p", "--test", "--jobs", "-j", "--features", "-F", "--timeout",
+    "--junit",
 }  # fmt: skip
 
 USAGE = """usage: patchbay-vm <command> [args]
@@ -112,12 +116,20 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
         sims, flags = split_positionals(rest, set())
         return ["sim.check", *[x for sim in sims for x in ("--file", sim)], *flags], None
     if command == "inspect":
-        if "--help" in rest or "-h" in rest or len(rest) != 1:
+        if "--help" in rest or "-h" in rest or not rest:
             return ["--help", "sim.inspect"], None
+        if len(rest) != 1:
+            raise SystemExit(f"patchbay-vm inspect: one SIM, got {rest}")
         return ["sim.inspect", "--file", rest[0]], None
     if command == "run-in":
-        if "--help" in rest or "-h" in rest or len(rest) != 1 or not after:
+        if "--help" in rest or "-h" in rest or not rest:
             return ["--help", "sim.exec"], None
+        if len(rest) != 1:
+            raise SystemExit(f"patchbay-vm run-in: one NODE, got {rest}")
+        if not after:
+            raise SystemExit(
+                f"patchbay-vm run-in: give the command after --: run-in {rest[0]} -- CMD ARGS"
+            )
         return ["sim.exec", "--node", rest[0]], after
     if command == "serve":
         if "--help" in rest or "-h" in rest:
@@ -156,6 +168,14 @@ def main(argv: list[str] | None = None) -> None:
 PROJECT_MARKERS = ("invoke.yaml", "invoke.yml", "invoke.json", "tasks.py")
 
 
+@contextlib.contextmanager
+def _usage_exit() -> Iterator[None]:
+    try:
+        yield
+    except ParseError as e:
+        raise Exit(f"patchbay-vm: {e}", code=EXIT_USAGE) from None
+
+
 def project_root(start: Path) -> Path | None:
     """The nearest folder from `start` upwards with an invoke.yaml or a tasks.py: where
     `invoke` would find the project, so both commands agree on config and state."""
@@ -167,7 +187,18 @@ def project_root(start: Path) -> Path | None:
 
 class _Program(Program):
     """Invoke's Program with a namespace given loads no project config by itself; load the
-    project's invoke.yaml as `invoke` would, and keep the VM's state in that project."""
+    project's invoke.yaml as `invoke` would, and keep the VM's state in that project.
+
+    A command line Invoke cannot parse (a flag without its value, an unknown flag) ends
+    with its one-line message and exit 2, as every other usage error (Invoke says 1)."""
+
+    def parse_core(self, argv: list[str] | None) -> None:
+        with _usage_exit():
+            super().parse_core(argv)
+
+    def parse_tasks(self) -> None:
+        with _usage_exit():
+            super().parse_tasks()
 
     def update_config(self, merge: bool = True) -> None:
         super().update_config(merge=False)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -187,17 +189,51 @@ def config_defaults(arch: str | None = None) -> dict[str, Any]:
     return {**_defaults(arch or host_arch()), "project_dir": None}
 
 
+# VM names become folder names, the guest's host name (a DNS label: 63 characters at
+# most) and parts of socket paths: ASCII letters and digits, then also '-', '_', '.'.
+# (str.isalnum would take `²` and `a٠`.)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# Numbers as written in the environment or a flag: ASCII digits (int() also takes other
+# scripts' digits and `1_000`), a decimal point and exponent for the floats.
+_INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+
+
 def _convert(key: str, value: Any, origin: str) -> Any:
     kind = _SOURCES[key][1]
+    what = "a finite number" if kind is float else f"a valid {kind.__name__}"
+    bad = UsageError(f"{origin}: {value!r} is not {what}")
+    if kind in (int, float) and isinstance(value, str):
+        pattern = _INT_RE if kind is int else _FLOAT_RE
+        if not pattern.fullmatch(value.strip()):
+            raise bad
+    if kind in (int, float) and isinstance(value, bool):
+        raise bad
     try:
         converted = kind(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{origin}: {value!r} is not a valid {kind.__name__}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise bad from None
+    if kind is float and not math.isfinite(converted):
+        # nan would make every wait endless (nan < deadline is never true); inf too.
+        raise bad
     if key in _ZERO_ALLOWED and converted < 0:
         raise UsageError(f"{origin}: must be zero or more, got {value!r}")
     if key not in _ZERO_ALLOWED and kind in (int, float) and converted <= 0:
         raise UsageError(f"{origin}: must be greater than zero, got {value!r}")
     return converted
+
+
+def _path(value: str, origin: str, base: Path | None = None, expand: bool = True) -> Path:
+    """A setting's path: `~` and `~user` expanded (when expand), relative to base,
+    resolved; one clear UsageError when that cannot be done (no such user, a NUL byte, a
+    loop of links)."""
+    try:
+        path = Path(value).expanduser() if expand else Path(value)
+        return ((base / path) if base is not None else path).resolve()
+    except RuntimeError as e:  # expanduser: "Could not determine home directory."
+        raise UsageError(f"{origin}: cannot expand {value!r}: {e}") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{origin}: {value!r} is not a usable path: {e}") from None
 
 
 def resolve(
@@ -236,7 +272,7 @@ def resolve(
     values["arch"] = arch
     if values["firmware"] not in FIRMWARE_CHOICES:
         # A path: relative ones are from the project dir, like the other paths.
-        values["firmware"] = str((project / Path(values["firmware"]).expanduser()).resolve())
+        values["firmware"] = str(_path(values["firmware"], "QEMU_VM_FIRMWARE", project))
     if values["firmware"] == "bios" and arch == "arm64":
         raise UsageError(
             "QEMU_VM_FIRMWARE: 'bios' (SeaBIOS) is x86 only; arm64 guests boot through "
@@ -248,19 +284,20 @@ def resolve(
         raise UsageError(f"QEMU_VM_FS: {values['fs_mode']!r} is not one of {', '.join(FS_MODES)}")
     if not 0 < values["ssh_port"] < 65536:
         raise UsageError(f"QEMU_VM_SSH_PORT: {values['ssh_port']} is not a TCP port")
-    if not values["name"].replace("-", "").replace("_", "").replace(".", "").isalnum():
+    if not NAME_RE.fullmatch(values["name"]):
         raise UsageError(
-            f"QEMU_VM_NAME: {values['name']!r} may hold only letters, digits, '-', '_' and '.'"
+            f"QEMU_VM_NAME: {values['name']!r} may hold only letters, digits, '-', '_' and '.' "
+            "(ASCII, starting with a letter or digit, 63 characters at most)"
         )
 
-    work = (project / values["work_dir"]).resolve()
+    work = _path(values["work_dir"], "QEMU_VM_WORK_DIR", project, expand=False)
     target = (
-        (project / values["target_dir"]).resolve()
+        _path(values["target_dir"], "QEMU_VM_TARGET_DIR", project, expand=False)
         if values["target_dir"]
         else cargo_target_dir(project)
     )
     cache = (
-        Path(values["image_cache_dir"]).expanduser().resolve()
+        _path(values["image_cache_dir"], "QEMU_VM_IMAGE_CACHE")
         if values["image_cache_dir"]
         else Path(platformdirs.user_data_dir("patchbay")) / "qemu-images"
     )
@@ -350,7 +387,7 @@ def project_dir_of(c: Any) -> Path:
     the loaded tasks file, else the current dir (the `patchbay-vm` command)."""
     vm = c.config.get("vm", {}) or {}
     if vm.get("project_dir"):
-        return Path(vm["project_dir"]).expanduser().resolve()
+        return _path(str(vm["project_dir"]), "invoke config vm.project_dir")
     tasks_cfg = c.config.get("tasks", {}) or {}
     return tasks_file_dir(tasks_cfg.get("collection_name") or "tasks") or Path.cwd()
 

@@ -43,7 +43,7 @@ from patchbay_vm_tasks import cli
         (["inspect"], ["--help", "sim.inspect"], None),
         (["run-in", "client", "--", "ping", "-c1", "x"], ["sim.exec", "--node", "client"],
          ["ping", "-c1", "x"]),
-        (["run-in", "client"], ["--help", "sim.exec"], None),
+        (["run-in"], ["--help", "sim.exec"], None),
         (["serve"], ["sim.serve"], None),
         (["serve", "out", "--bind", "127.0.0.1:9000", "--open"],
          ["sim.serve", "--work-dir", "out", "--bind", "127.0.0.1:9000", "--open"], None),
@@ -68,6 +68,9 @@ def test_translate(argv, invoke_argv, remainder) -> None:
     [
         (["frobnicate"], "unknown command 'frobnicate'"),
         (["test", "a", "b"], "one FILTER at most"),
+        (["inspect", "a.toml", "b.toml"], "patchbay-vm inspect: one SIM"),
+        (["run-in", "client"], "give the command after --: run-in client -- CMD ARGS"),
+        (["run-in", "a", "b", "--", "true"], "patchbay-vm run-in: one NODE"),
     ],
 )
 def test_bad_command_lines_exit_2(argv, message) -> None:

@@ -16,7 +16,7 @@ from ..simcore.durations import parse_duration
 from ..ui import say
 from ..viewer import DEFAULT_BIND
 from . import view
-from .common import remainder, task_errors
+from .common import check_output_path, remainder, task_errors, write_junit_file
 
 if TYPE_CHECKING:
     from .. import runner
@@ -63,16 +63,22 @@ def run(
     refresh: bool = False,
 ) -> None:
     """Run sims in the VM with the patchbay runner; results land in the work dir."""
-    from .. import binaries, runner, simfiles, simrun, sync, workdir
+    from .. import binaries, files, runner, simfiles, simrun, sync, workdir
 
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
         if not file:
             raise UsageError("give at least one sim: --file sims/NAME.toml (or a folder)")
         _check_timeout(timeout)
+        check_output_path(junit, "--junit")
         # Everything that can be wrong with the input is found before anything boots.
         sims = simfiles.expand_sim_args(file, s.project_dir)
         target = runner.musl_target_for(s.arch)
+        if binary:
+            # Overrides land in the work dir, which the guest writes: a link it put at
+            # either folder is replaced by a folder of ours first, never written through.
+            for folder in ("binaries", ".cache/fetch"):
+                files.real_dir(s.work_dir, folder)
         binary_args = binaries.prepare_binary_args(
             list(binary or []), sims, s.work_dir, target, s.target_dir, s.project_dir
         )
@@ -115,7 +121,7 @@ def run(
         if junit:
             from ..viewer.junit import write_sim_junit  # xml: loaded only when asked
 
-            say(f"JUnit report: {write_sim_junit(s.work_dir, Path(junit))}")
+            say(f"JUnit report: {write_junit_file(write_sim_junit, s.work_dir, Path(junit))}")
         for old in workdir.prune_runs(s.work_dir, s.keep_runs):
             say(f"removed old run {old.name} (keeping {s.keep_runs}; vm.keep_runs)")
         if not_home is not None and not code:

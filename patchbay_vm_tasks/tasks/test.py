@@ -9,10 +9,10 @@ from typing import Any
 
 from invoke import Collection, Context, Exit, Task, task
 
-from .. import cargo, guest, lifecycle, settings, sync, testrun
+from .. import cargo, files, guest, lifecycle, settings, sync, testrun
 from ..errors import UsageError
 from ..ui import say
-from .common import remainder, task_errors
+from .common import check_output_path, remainder, task_errors, write_junit_file
 
 
 class CargoFlagsTask(Task):
@@ -74,6 +74,7 @@ def run(
     with task_errors():
         s = settings.from_context(c)
         limit = parse_timeout(timeout)
+        check_output_path(junit, "--junit")
         build = cargo.TestBuild(
             target=target or cargo.default_target(s.arch),
             packages=tuple(package or ()),
@@ -103,16 +104,21 @@ def run(
             vm.close()
         print(testrun.format_summary(results))
         if junit:
-            say(f"JUnit report: {write_test_junit(results, Path(junit))}")
+            say(f"JUnit report: {write_junit_file(write_test_junit, results, Path(junit))}")
     code = testrun.overall_exit_code(results)
     if code:
         raise Exit(code=code)
 
 
+# A count on the command line: ASCII digits only (str.isdigit takes `²`, which int() then
+# refuses), and no more of them than any machine has CPUs.
+_COUNT_RE = re.compile(r"[0-9]{1,6}")
+
+
 def _positive_int(value: str | None, flag: str) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) == 0:
+    if not _COUNT_RE.fullmatch(value) or int(value) == 0:
         raise UsageError(f"{flag}: expected a positive number, got {value!r}")
     return int(value)
 
@@ -148,17 +154,20 @@ def timed_out(exit_code: int, elapsed: float, limit: tuple[str, float] | None) -
 
 
 def write_test_junit(results: list, out: Path) -> Path:
+    from ..files import write_atomic
     from ..viewer.junit import TestBinaryRun, test_run_junit_xml  # xml: only when asked
 
     runs = [TestBinaryRun(r.name, r.exit_code, r.output, r.seconds) for r in results]
-    out.write_text(test_run_junit_xml(runs), encoding="utf-8")
-    return out
+    return write_atomic(out, test_run_junit_xml(runs).encode("utf-8"))
 
 
 def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=None) -> list:
     if not exes:
         say("cargo built no test binaries; nothing to run")
         return []
+    # The guest writes the work dir: a link it put at `binaries` or `binaries/tests` is
+    # replaced by a folder of ours before anything is written (or chmod-ed) there.
+    files.real_dir(work_dir, cargo.TESTS_SUBDIR)
     guest_paths = cargo.stage_test_binaries(exes, work_dir)
     copying = sync.copies_files(vm.record)
     if copying:  # no shared folders (QEMU_VM_FS=none): copy them in, their output out

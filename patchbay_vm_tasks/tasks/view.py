@@ -79,12 +79,18 @@ def report(
     c: Context, output: str, work_dir: str | None = None, invocation: str = "latest"
 ) -> None:
     """Write one self-contained HTML report of an invocation (no server needed to view it)."""
+    from ..viewer import report as report_mod
+
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
         try:
-            from ..viewer import report as report_mod
-
             out = report_mod.write_report(s.work_dir, Path(output), invocation)
         except report_mod.ReportError as e:
             raise UsageError(str(e)) from None
+        except OSError as e:  # a folder, no permission, no space, a name too long
+            raise UsageError(
+                f"--output {output}: cannot write the report there: {e.strerror or e}"
+            ) from None
+        except ValueError as e:  # a NUL in the name
+            raise UsageError(f"--output {output!r}: {e}") from None
         say(f"report written to {out} ({out.stat().st_size} bytes)")
