@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -363,10 +363,15 @@ def resolve_target_path(value: str, target_dir: Path, target: str) -> Path:
     return target_dir / rest
 
 
-def _fetch_cache_path(url: str, work_dir: Path) -> Path:
+def fetch_cache_path(url: str) -> Path:
+    """Where a `fetch` download is kept: in the user's cache dir, by URL, shared by the
+    projects. Not in the work dir: the guest writes there, and could swap the cached
+    file for a link to any file of the host, which staging would then copy in."""
+    import platformdirs
+
     digest = hashlib.sha256(url.encode()).hexdigest()[:24]
     base = Path(urlsplit(url).path).name or "download"
-    return work_dir / ".cache" / "fetch" / digest / base
+    return Path(platformdirs.user_cache_dir("patchbay")) / "fetch" / digest / base
 
 
 def _is_tarball(url: str) -> bool:
@@ -380,10 +385,9 @@ def _stage_copy(src: Path, dest: Path) -> None:
     shared folders, QEMU_VM_FS=none)."""
     st = src.stat()
     with contextlib.suppress(OSError):
-        dst = dest.stat()
-        if (dst.st_size, dst.st_mtime_ns) == (st.st_size, st.st_mtime_ns) and os.access(
-            dest, os.X_OK
-        ):
+        dst = dest.lstat()  # the guest may have put a link there: replaced, not read
+        same = (dst.st_size, dst.st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+        if same and stat.S_ISREG(dst.st_mode) and dst.st_mode & 0o111:
             return
     copy_executable(src, dest, keep_times=True)
 
@@ -413,7 +417,7 @@ def stage_override(
     elif spec.mode == "fetch":
         if urlsplit(spec.value).scheme not in ("http", "https"):
             raise UsageError(f"{flag}: fetch needs an http:// or https:// URL")
-        cached = _fetch_cache_path(spec.value, work_dir)
+        cached = fetch_cache_path(spec.value)
         if not cached.is_file():
             download(spec.value, cached, timeout=HTTP_TIMEOUT)
         if _is_tarball(spec.value):

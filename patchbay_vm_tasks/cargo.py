@@ -8,7 +8,6 @@ them into the work dir, which the guest sees as `/work`.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shlex
 import subprocess
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from . import files
 from .errors import TaskError, UsageError
 from .files import copy_executable
 
@@ -397,7 +397,7 @@ def _unique_name(name: str, taken: set[str]) -> str:
 def _stage_executable(src: Path, dest: Path) -> None:
     st = src.stat()
     try:
-        dst = dest.stat()
+        dst = dest.lstat()  # the guest may have put a link there: it is replaced, not read
     except FileNotFoundError:
         dst = None
     if dst is not None and (dst.st_size, dst.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
@@ -416,9 +416,10 @@ def stage_test_binaries(exes: Sequence[TestExecutable], work_dir: Path) -> list[
     names carry a new hash, and test binaries can be hundreds of MB); anything else in
     the folder, such as the tests' own output, is left alone.
     """
-    dest_dir = Path(work_dir).joinpath(*TESTS_SUBDIR)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(dest_dir, 0o777)  # explicitly: mkdir's mode is cut down by the umask
+    # Real folders (the guest writes there: a link in their place is removed, not
+    # followed), made world-writable explicitly: mkdir's mode is cut down by the umask.
+    dest_dir = files.real_dir(Path(work_dir), TESTS_SUBDIR)
+    files.set_dir_mode(dest_dir, 0o777)
     manifest = dest_dir.parent / STAGED_MANIFEST
     taken: set[str] = set()
     guest_paths: list[str] = []
@@ -427,9 +428,12 @@ def stage_test_binaries(exes: Sequence[TestExecutable], work_dir: Path) -> list[
         taken.add(name)
         _stage_executable(exe.path, dest_dir / name)
         guest_paths.append(str(GUEST_TESTS_DIR / name))
-    previous = manifest.read_text().split("\n") if manifest.exists() else []
-    for name in set(previous) - taken - {""}:
-        if "/" not in name:  # the manifest is ours, but a name is never a path
+    try:  # ours, but in a folder the guest writes: read as untrusted, written anew
+        previous = files.read_limited(dest_dir.parent, [STAGED_MANIFEST], 1 << 20).decode()
+    except (OSError, UnicodeDecodeError):
+        previous = ""
+    for name in set(previous.split("\n")) - taken:
+        if files.safe_segment(name):  # a name, never a path
             (dest_dir / name).unlink(missing_ok=True)
-    manifest.write_text("".join(f"{name}\n" for name in sorted(taken)))
+    files.write_atomic(manifest, "".join(f"{name}\n" for name in sorted(taken)).encode())
     return guest_paths

@@ -308,6 +308,19 @@ def real_dir(root: Path, rel: str | Sequence[str]) -> Path:
     return path
 
 
+def set_dir_mode(path: Path, mode: int) -> None:
+    """chmod of the folder at path through a descriptor opened without following a link
+    (a chmod by name follows one the guest swapped in meanwhile)."""
+    if not (_NOFOLLOW and _DIRECTORY and hasattr(os, "fchmod")):
+        os.chmod(path, mode)  # Windows: only the read-only bit, on a path checked real
+        return
+    fd = os.open(path, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def drop_link(path: Path) -> None:
     """Remove a link at path (only the link; its target stays)."""
     with contextlib.suppress(FileNotFoundError):

@@ -618,6 +618,13 @@ def tarball(members: dict[str, bytes], symlink: str | None = None) -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path: Path, monkeypatch) -> Path:
+    """The user's cache dir (fetch downloads are kept there), one per test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    return tmp_path / "user-cache"
+
+
 def test_stage_fetch_plain_and_cached(tmp_path: Path, http_server) -> None:
     base, routes = http_server
     routes["/dl/tool"] = b"tool binary"
@@ -634,7 +641,9 @@ def test_stage_fetch_plain_and_cached(tmp_path: Path, http_server) -> None:
     binaries.stage_override(spec, work, MUSL, tmp_path, tmp_path)
     assert dest.read_bytes() == b"tool binary"
     assert routes.requests == ["/dl/tool"]
-    assert len(list((work / ".cache" / "fetch").rglob("tool"))) == 1
+    # In the user's cache, not the work dir the guest writes.
+    assert len(list((tmp_path / "user-cache" / "patchbay" / "fetch").rglob("tool"))) == 1
+    assert not (work / ".cache").exists()
 
 
 def test_stage_fetch_tarball_takes_first_file(tmp_path: Path, http_server) -> None:

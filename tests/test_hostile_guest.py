@@ -393,3 +393,36 @@ def test_real_dir_replaces_a_link_and_leaves_its_target(tmp_path: Path) -> None:
     assert sorted(os.listdir(out)) == ["keep"]
     (root / "c").write_text("a file where a folder belongs")
     assert files.real_dir(root, "c").is_dir()
+
+
+def test_staging_test_binaries_follows_no_planted_link(tmp_path: Path) -> None:
+    from patchbay_vm_tasks import cargo
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text(TOKEN)
+    outside.chmod(0o700)
+    before = snapshot(outside)
+    exe = tmp_path / "build" / "net-0123abcd"
+    exe.parent.mkdir()
+    exe.write_bytes(b"\x7fELF test")
+    work = tmp_path / "work"
+    (work / "binaries").mkdir(parents=True)
+    # The guest's plants: the tests folder is a link out; the list of staged names is a
+    # FIFO, then a link to a file outside (naming a file there, and a path out).
+    os.symlink(outside, work / "binaries" / "tests")
+    os.mkfifo(work / "binaries" / cargo.STAGED_MANIFEST)
+    (guest,) = cargo.stage_test_binaries([cargo.TestExecutable(exe, "net", "pkg", "test")], work)
+    tests = work / "binaries" / "tests"
+    assert not tests.is_symlink() and stat.S_IMODE(tests.stat().st_mode) == 0o777
+    assert (tests / "net-0123abcd").read_bytes() == b"\x7fELF test"
+    assert guest == "/work/binaries/tests/net-0123abcd"
+
+    (outside / "names").write_text("keep.txt\n../../outside/keep.txt\n")
+    manifest = work / "binaries" / cargo.STAGED_MANIFEST
+    manifest.unlink()
+    os.symlink(outside / "names", manifest)
+    cargo.stage_test_binaries([cargo.TestExecutable(exe, "net", "pkg", "test")], work)
+    assert not manifest.is_symlink() and manifest.read_text() == "net-0123abcd\n"
+    assert snapshot(outside) == {**before, "names": snapshot(outside)["names"]}
+    assert (outside / "keep.txt").read_text() == TOKEN

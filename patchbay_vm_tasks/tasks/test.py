@@ -9,7 +9,7 @@ from typing import Any
 
 from invoke import Collection, Context, Exit, Task, task
 
-from .. import cargo, files, guest, lifecycle, settings, sync, testrun
+from .. import cargo, guest, lifecycle, settings, sync, testrun
 from ..errors import UsageError
 from ..ui import say
 from .common import check_output_path, remainder, task_errors, write_junit_file
@@ -165,9 +165,6 @@ def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=No
     if not exes:
         say("cargo built no test binaries; nothing to run")
         return []
-    # The guest writes the work dir: a link it put at `binaries` or `binaries/tests` is
-    # replaced by a folder of ours before anything is written (or chmod-ed) there.
-    files.real_dir(work_dir, cargo.TESTS_SUBDIR)
     guest_paths = cargo.stage_test_binaries(exes, work_dir)
     copying = sync.copies_files(vm.record)
     if copying:  # no shared folders (QEMU_VM_FS=none): copy them in, their output out
