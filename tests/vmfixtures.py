@@ -23,6 +23,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 VM_NAME = "pbtest"
+# A QEMU whose "KVM" stalls or dies, on any machine (its docstring).
+FAKE_QEMU = REPO / "tests" / "fixtures" / "fake-qemu"
 TIMINGS: dict[str, float] = {}
 
 # A sim that runs for minutes (a process outliving its spawn, then a long wait): for
@@ -96,6 +98,9 @@ def vm_env(project: Path, name: str = VM_NAME, **overrides: str) -> dict[str, st
         QEMU_VM_DISK_GB="8",
         # The official image cannot be downloaded here; build the guest from the mirror.
         QEMU_VM_IMAGE_URL="debian:trixie",
+        # What a test needs, whatever this machine's accelerator: TCG runs everywhere,
+        # and templates are bound to it. The shared VM's cold boot asks for "auto".
+        QEMU_VM_ACCEL="tcg",
         NO_COLOR="1",
         COLUMNS="200",
     )
@@ -193,7 +198,7 @@ def vm_session(tmp_path_factory: pytest.TempPathFactory):
     """Boot the shared VM once. The default SSH port is kept busy meanwhile, so the
     cold boot also shows the free-port fallback (SPEC 9.8)."""
     project = make_project(tmp_path_factory.mktemp("project"), crate=True)
-    env = VmEnv(project, vm_env(project))
+    env = VmEnv(project, vm_env(project, QEMU_VM_ACCEL="auto"))  # the real choice, per machine
     with port_kept_busy(DEFAULT_SSH_PORT):
         started = time.monotonic()
         env.cold_up = env.invoke("vm.up")
