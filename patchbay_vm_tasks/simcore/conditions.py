@@ -3,10 +3,12 @@ the short text the plan shows (SIM-FORMAT "Link conditions", RUNNER-FACTS 3)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from . import model
 from .format_keys import CONDITION_KEYS
+from .limits import MAX_DELAY_MS, MAX_RATE_KBIT, shorten
 from .tables import TableReader
 
 SimError = model.SimError
@@ -41,15 +43,23 @@ def read_condition(tr: TableReader, value: Any, path: str, key: str) -> model.Li
     table = tr.table(value, path, key, "a preset name or a table")
     tr.check_keys(table, CONDITION_KEYS, path, key, "a link condition")
     kw: dict[str, Any] = {}
-    for k in CONDITION_KEYS & table.keys():
-        v = table[k]
-        whole = k in ("rate_kbit", "latency_ms", "jitter_ms")
-        ok = not isinstance(v, bool) and isinstance(v, int if whole else (int, float))
-        if not ok or v < 0 or (k.endswith("_pct") and v > 100):
-            what = "a whole number >= 0" if whole else "a percentage 0..100"
-            raise SimError(path, f"{key}.{k}", f"must be {what}, got {v!r}")
-        kw[k] = v
+    for k in sorted(CONDITION_KEYS & table.keys()):
+        kw[k] = _limit(table[k], k, path, f"{key}.{k}")
     return model.LinkCondition(**kw)
+
+
+def _limit(v: Any, k: str, path: str, key: str) -> int | float:
+    """One number of a condition table: whole and bounded for rate, latency and jitter, a
+    finite percentage for the rest (nan, inf and 1e400 would reach tc)."""
+    if k.endswith("_pct"):
+        ok = not isinstance(v, bool) and isinstance(v, int | float)
+        if ok and (isinstance(v, int) or math.isfinite(v)) and 0 <= v <= 100:
+            return v
+        raise SimError(path, key, f"must be a percentage 0..100, got {shorten(repr(v))}")
+    top = MAX_RATE_KBIT if k == "rate_kbit" else MAX_DELAY_MS
+    if not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= top:
+        return v
+    raise SimError(path, key, f"must be a whole number 0..{top}, got {shorten(repr(v))}")
 
 
 def describe_condition(cond: model.LinkCondition | None) -> str:

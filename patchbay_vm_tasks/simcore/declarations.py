@@ -20,8 +20,9 @@ from .format_keys import (
     TOPOLOGY_KEYS,
     USE_KEYS,
 )
+from .limits import MAX_EXTENDS_DEPTH, MAX_REF_CHARS, check_name, shorten
 from .tables import TableReader
-from .tomlfiles import places_near, read_toml, show_path
+from .tomlfiles import expand_user, is_file, places_near, read_toml, resolve, show_path
 
 SimError = model.SimError
 
@@ -71,20 +72,27 @@ def _find_ref(tr: TableReader, ref: Any, referrer: Path, path: str, key: str) ->
     ref = tr.string(ref, path, key)
     if not ref:
         raise SimError(path, key, "is empty; name a TOML file")
-    rel = Path(ref).expanduser()
+    if len(ref) > MAX_REF_CHARS or "\0" in ref:
+        raise SimError(
+            path, key, f"{shorten(repr(ref))} is not a usable file name (at most {MAX_REF_CHARS})"
+        )
+    rel = expand_user(Path(ref), path, key)
     candidates = [rel] if rel.is_absolute() else places_near(referrer.parent, rel)
     for cand in candidates:
-        if cand.is_file():
-            return cand.resolve()
-    looked = ", ".join(str(c.parent) for c in candidates)
-    raise SimError(path, key, f"{ref!r} not found (looked in {looked}); fix the file name")
+        if is_file(cand):
+            return resolve(cand, path, key)
+    looked = ", ".join(shorten(str(c.parent)) for c in candidates)
+    raise SimError(
+        path, key, f"{shorten(repr(ref))} not found (looked in {looked}); fix the file name"
+    )
 
 
 def collect(tr: TableReader, path: Path, stack: tuple[Path, ...], full: bool) -> tuple[dict, Defs]:
     """The file's TOML and what it and its extends declare. `full`: templates, groups
     and prepare too (binaries_of only needs the binaries)."""
-    data = read_toml(path)
     shown = show_path(path)
+    tr.count_file(shown, None)
+    data = read_toml(path, shown)
     stack = (*stack, path)
     defs = Defs()
     if full:
@@ -108,6 +116,12 @@ def collect(tr: TableReader, path: Path, stack: tuple[Path, ...], full: bool) ->
         if full:
             tr.check_keys(ext, EXTENDS_KEYS, shown, key, "[[extends]]")
         sub = _find_ref(tr, ext["file"], path, shown, f"{key}.file")
+        if len(stack) > MAX_EXTENDS_DEPTH:
+            raise SimError(
+                shown,
+                f"{key}.file",
+                f"[[extends]] nest more than {MAX_EXTENDS_DEPTH} files deep; shorten the chain",
+            )
         if sub in stack:
             chain = " -> ".join(show_path(p) for p in (*stack, sub))
             raise SimError(
@@ -120,7 +134,10 @@ def collect(tr: TableReader, path: Path, stack: tuple[Path, ...], full: bool) ->
         tr.check_keys(sim, SIM_KEYS, shown, "sim", "[sim]")
     if sim.get("binaries") is not None:
         shared = _find_ref(tr, sim["binaries"], path, shown, "sim.binaries")
-        defs.binaries.update(_binaries_in(tr, read_toml(shared), show_path(shared), str(shared)))
+        shared_shown = show_path(shared)
+        tr.count_file(shared_shown, "sim.binaries")
+        shared_data = read_toml(shared, shared_shown)
+        defs.binaries.update(_binaries_in(tr, shared_data, shared_shown, str(shared)))
     defs.binaries.update(_binaries_in(tr, data, shown, str(path)))  # own entries win
     if full:
         defs.prepare += _prepare_in(tr, data, shown)
@@ -147,8 +164,9 @@ def _binary(tr: TableReader, entry: Any, path: str, index: int) -> model.Binary:
     if not isinstance(entry, dict):
         raise SimError(path, f"binary[{index}]", "each [[binary]] must be a table with a name")
     name = entry.get("name")
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         raise SimError(path, f"binary[{index}]", 'a [[binary]] entry has no name; add name = "..."')
+    check_name(name, path, f"binary[{index}].name", "binary name")
     key = f"binary.{name}"
     tr.check_keys(entry, BINARY_KEYS, path, key, "[[binary]]")
     mode = infer_binary_mode(entry, path, key)

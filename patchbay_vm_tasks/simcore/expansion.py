@@ -11,6 +11,14 @@ from typing import Any
 from . import model
 from .declarations import Defs
 from .format_keys import GROUP_USE_KEYS, STEP_KEYS, USE_KEYS
+from .limits import (
+    MAX_CHECKS,
+    MAX_EXPANDED_VALUES,
+    MAX_STEPS,
+    MAX_TEXT_CHARS,
+    NAME_MAX_LEN,
+    shorten,
+)
 from .step_tables import RawStep, split_check
 from .tables import TableReader
 
@@ -20,14 +28,48 @@ A = model.Action
 _GROUP_VAR_RE = re.compile(r"\$\{group\.([^{}]*)\}")
 
 
+class _Budget:
+    """What expansion may produce in all: MAX_STEPS steps and MAX_EXPANDED_VALUES values
+    copied out of templates and groups, so that a big group used many times is an error
+    message, not minutes of copying and gigabytes of memory."""
+
+    def __init__(self, shown: str) -> None:
+        self.shown = shown
+        self.values = 0
+
+    def copy(self, table: dict[str, Any], key: str) -> dict[str, Any]:
+        todo: list[Any] = [table]
+        while todo:
+            item = todo.pop()
+            self.values += 1
+            if isinstance(item, dict):
+                todo.extend(item.values())
+            elif isinstance(item, list):
+                todo.extend(item)
+            if self.values > MAX_EXPANDED_VALUES:
+                raise SimError(
+                    self.shown,
+                    key,
+                    f"templates and groups expand to more than {MAX_EXPANDED_VALUES} values; "
+                    "use them less or make them smaller",
+                )
+        return copy.deepcopy(table)
+
+    def add(self, out: list, item: Any, key: str) -> None:
+        out.append(item)
+        if len(out) > MAX_STEPS:
+            raise SimError(self.shown, key, f"the sim expands to more than {MAX_STEPS} steps")
+
+
 def expand_steps(tr: TableReader, data: dict[str, Any], shown: str, defs: Defs) -> list[RawStep]:
     """The `[[step]]` tables with templates and groups laid out, in order."""
     out: list[RawStep] = []
+    budget = _Budget(shown)
     for i, entry in enumerate(tr.array_of_tables(data, "step", shown)):
         key = f"step[{i}]"
         if "use" not in entry:
             tr.check_keys(entry, STEP_KEYS, shown, key, "[[step]]")
-            out.append(RawStep(copy.deepcopy(entry), key, f"{shown} {key}", False))
+            budget.add(out, RawStep(copy.deepcopy(entry), key, f"{shown} {key}", False), key)
             continue
         name = tr.string(entry["use"], shown, f"{key}.use")
         if name in defs.groups:
@@ -35,7 +77,7 @@ def expand_steps(tr: TableReader, data: dict[str, Any], shown: str, defs: Defs) 
             gvars = tr.string_table(entry.get("vars", {}), shown, f"{key}.vars")
             for j, gstep in enumerate(defs.groups[name][0]):
                 origin = f"{shown} {key} (use = {name}, its step {j})"
-                table = _substitute_group_vars(copy.deepcopy(gstep), gvars, shown, key, name)
+                table = _substitute_group_vars(budget.copy(gstep, key), gvars, shown, key, name)
                 _normalize_kind(table)
                 if "use" in table:
                     inner = tr.string(table["use"], shown, f"{key}.use")
@@ -43,16 +85,16 @@ def expand_steps(tr: TableReader, data: dict[str, Any], shown: str, defs: Defs) 
                         raise SimError(
                             shown,
                             f"{key}.use",
-                            f"group {name!r} uses group {inner!r}; groups do not nest",
+                            f"group {name!r} uses group {shorten(repr(inner))}; groups do not nest",
                         )
-                    table = use_template(tr, table, inner, defs, shown, key, name)
-                    out.append(RawStep(table, key, f"{origin} (use = {inner})", True))
+                    table = use_template(tr, table, inner, defs, shown, key, name, budget)
+                    budget.add(out, RawStep(table, key, f"{origin} (use = {inner})", True), key)
                 else:
-                    out.append(RawStep(table, key, origin, False))
+                    budget.add(out, RawStep(table, key, origin, False), key)
         elif name in defs.templates:
             tr.check_keys(entry, USE_KEYS, shown, key, "a step that uses a template")
-            table = use_template(tr, entry, name, defs, shown, key)
-            out.append(RawStep(table, key, f"{shown} {key} (use = {name})", True))
+            table = use_template(tr, entry, name, defs, shown, key, budget=budget)
+            budget.add(out, RawStep(table, key, f"{shown} {key} (use = {name})", True), key)
         else:
             raise SimError(
                 shown,
@@ -72,12 +114,14 @@ def use_template(
     shown: str,
     key: str,
     group: str | None = None,
+    budget: _Budget | None = None,
 ) -> dict[str, Any]:
     """The template's table with the call site's fields laid on top (SIM-FORMAT)."""
     if name not in defs.templates:
         where = f"group {group!r} uses" if group else "uses"
-        raise SimError(shown, f"{key}.use", f"{where} no step template named {name!r}")
-    tpl = copy.deepcopy(defs.templates[name][0])
+        raise SimError(shown, f"{key}.use", f"{where} no step template named {shorten(repr(name))}")
+    budget = budget or _Budget(shown)
+    tpl = budget.copy(defs.templates[name][0], key)
     _normalize_kind(tpl)
     for k in ("id", "device", "timeout"):
         if k in call:
@@ -115,15 +159,24 @@ def _normalize_kind(table: dict[str, Any]) -> None:
 def _substitute_group_vars(value: Any, gvars: dict[str, str], path: str, key: str, group: str):
     """`${group.k}` replaced in every string; other `${...}` stay for run time."""
     if isinstance(value, str):
+        size = len(value)
 
         def repl(m: re.Match[str]) -> str:
+            nonlocal size
             if m[1] not in gvars:
                 have = ", ".join(sorted(gvars)) or "none"
                 raise SimError(
                     path,
                     f"{key}.vars",
-                    f"group {group!r} uses ${{group.{m[1]}}} but vars has no {m[1]!r} "
-                    f"(given: {have})",
+                    f"group {group!r} uses ${{group.{shorten(m[1])}}} but vars has no "
+                    f"{shorten(repr(m[1]))} (given: {shorten(have)})",
+                )
+            size += len(gvars[m[1]]) - len(m[0])
+            if size > MAX_TEXT_CHARS:
+                raise SimError(
+                    path,
+                    f"{key}.vars",
+                    f"a string of group {group!r} grows over {MAX_TEXT_CHARS} characters",
                 )
             return gvars[m[1]]
 
@@ -135,10 +188,28 @@ def _substitute_group_vars(value: Any, gvars: dict[str, str], path: str, key: st
     return value
 
 
-def expand_counts(steps: list[model.Step], keys: list[str], counts: dict[str, int]):
+def expand_counts(
+    steps: list[model.Step], keys: list[str], counts: dict[str, int], shown: str = "<sim>"
+):
     """Copy steps aimed at a counted device once per instance (RUNNER-FACTS 4)."""
     out_steps: list[model.Step] = []
     out_keys: list[str] = []
+
+    def add(step: model.Step, key: str) -> None:
+        if step.id is not None and len(step.id) > NAME_MAX_LEN:
+            raise SimError(
+                shown,
+                f"{key}.id",
+                f"becomes {shorten(repr(step.id))} with its device's count, "
+                f"over {NAME_MAX_LEN} characters; shorten it",
+            )
+        out_steps.append(step)
+        out_keys.append(key)
+        if len(out_steps) > MAX_STEPS:
+            raise SimError(
+                shown, key, f"the sim expands to more than {MAX_STEPS} steps (count copies them)"
+            )
+
     for step, key in zip(steps, keys, strict=True):
         n = counts.get(step.device or "")
         if n is not None:
@@ -157,13 +228,11 @@ def expand_counts(steps: list[model.Step], keys: list[str], counts: dict[str, in
                     k: f"{copy_.key}.{v[len(old_key) + 1 :]}" if v.startswith(old_key + ".") else v
                     for k, v in step.results.items()
                 }
-                out_steps.append(copy_)
-                out_keys.append(key)
+                add(copy_, key)
             continue
         if step.action is A.WAIT_FOR and step.id in counts:
             for i in range(counts[step.id]):
-                out_steps.append(dataclasses.replace(step, id=f"{step.id}-{i}"))
-                out_keys.append(key)
+                add(dataclasses.replace(step, id=f"{step.id}-{i}"), key)
             continue
         if step.action is A.ASSERT:
             checks = []
@@ -177,7 +246,10 @@ def expand_counts(steps: list[model.Step], keys: list[str], counts: dict[str, in
                     ]
                 else:
                     checks.append(check)
+                if len(checks) > MAX_CHECKS:
+                    raise SimError(
+                        shown, f"{key}.checks", f"more than {MAX_CHECKS} checks (count copies them)"
+                    )
             step = dataclasses.replace(step, checks=checks)
-        out_steps.append(step)
-        out_keys.append(key)
+        add(step, key)
     return out_steps, out_keys

@@ -8,6 +8,7 @@ RUNNER-FACTS.md; the reader (`reader.py`) fills these in after templates, groups
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,8 +177,25 @@ class Sim:
 
 
 class SimError(Exception):
-    """A sim that cannot be used. Names the file and, where known, the offending key."""
+    """A sim that cannot be used. Names the file and, where known, the offending key.
+
+    Always one line: control characters (a newline in a hostile name or key) are shown
+    escaped, and very long parts are cut in the middle."""
 
     def __init__(self, path: str, key: str | None, message: str) -> None:
-        self.path, self.key, self.message = path, key, message
-        super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+        self.path = _one_line(path, 300)
+        self.key = None if key is None else _one_line(key, 300)
+        self.message = _one_line(message, 2000)
+        where = f"{self.path}: {self.key}" if self.key else self.path
+        super().__init__(f"{where}: {self.message}")
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = _CONTROL_RE.sub(lambda m: repr(m[0])[1:-1], str(text))
+    if len(text) > limit:
+        keep = limit // 2
+        text = f"{text[:keep]}...{text[-(limit - keep - 3) :]}"
+    return text

@@ -10,6 +10,12 @@ Errors are `model.SimError(path, key, message)` naming the file and the key, e.g
 `step[3].device` (step indexes count the file's `[[step]]` entries from 0) or
 `device.client.eth0.gateway`. Unknown keys, which the Rust runner silently ignores,
 are errors with `strict=True` (sim.check) and warnings in `Sim.warnings` otherwise.
+
+Sim files are untrusted (SPEC 11). Every name that becomes a namespace, an interface, a
+file or a word in a batch file is checked against `limits.NAME_RE` and its length here;
+files, nesting, extends, routers, devices, `count`, steps, durations and link-condition
+numbers are bounded by the constants of `limits.py`. Whatever a file holds, reading it
+ends in a `Sim` or a one-line `SimError` (tests/test_reader_fuzz.py).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from . import model
 from .conditions import PRESETS, describe_condition, read_condition
 from .declarations import collect, infer_binary_mode
 from .expansion import expand_counts, expand_steps
+from .limits import check_name
 from .plan import plan_text
 from .references import check_references
 from .step_tables import make_step, split_check
 from .tables import TableReader
-from .tomlfiles import read_toml, show_path
+from .tomlfiles import read_toml, resolve, show_path
 from .topology import read_topology
 
 SimError = model.SimError
@@ -39,17 +46,21 @@ def parse_condition(value: Any, path: str = "<sim>", key: str = "impair") -> mod
 def load_sim(path: Path | str, *, strict: bool, extra_binaries: tuple[str, ...] = ()) -> model.Sim:
     """Read, expand and check one sim file. `extra_binaries`: names given on the command
     line (`--binary`) that `${binary.NAME}` may use without a `[[binary]]` entry."""
-    sim_path = Path(path).resolve()
+    sim_path = resolve(Path(path))
     shown = show_path(sim_path)
     tr = TableReader(strict)
     data, defs = collect(tr, sim_path, (), full=True)
     sim_table = data.get("sim", {})
-    name = sim_table.get("name") or sim_path.stem
-    tr.string(name, shown, "sim.name")
+    name = sim_table.get("name")
+    if name is None or name == "":
+        name = sim_path.stem
+    else:
+        # It names the sim's output folder and inspect's files, and shows in messages.
+        name = check_name(name, shown, "sim.name", "sim name")
     topology, topology_ref, counts = read_topology(tr, data, sim_path, shown)
     raws = expand_steps(tr, data, shown, defs)
     steps = [make_step(tr, raw, shown) for raw in raws]
-    steps, keys = expand_counts(steps, [r.key for r in raws], counts)
+    steps, keys = expand_counts(steps, [r.key for r in raws], counts, shown)
     for i, step in enumerate(steps):
         step.index = i
     check_references(steps, keys, topology, set(defs.binaries) | set(extra_binaries), shown)
@@ -68,7 +79,8 @@ def load_sim(path: Path | str, *, strict: bool, extra_binaries: tuple[str, ...] 
 def binaries_of(path: Path | str) -> dict[str, model.Binary]:
     """The binaries one sim sees: extends (recursively, in order), `[sim] binaries`, then
     its own `[[binary]]` entries, later ones winning by name. Reads nothing else."""
-    return collect(TableReader(strict=False), Path(path).resolve(), (), full=False)[1].binaries
+    real = resolve(Path(path))
+    return collect(TableReader(strict=False), real, (), full=False)[1].binaries
 
 
 __all__ = [

@@ -18,7 +18,8 @@ from .format_keys import (
     RESULT_KEYS,
     STEP_KEYS,
 )
-from .tables import TableReader, did_you_mean, join_key
+from .limits import check_name, shorten
+from .tables import TableReader, did_you_mean, join_key, type_name
 
 SimError = model.SimError
 A = model.Action
@@ -54,6 +55,11 @@ def make_step(tr: TableReader, raw: RawStep, shown: str) -> model.Step:
         if "cmd" not in t:
             raise SimError(shown, f"{key}.action", 'missing; add action = "run" (or another)')
         action_text = "run"
+    if not isinstance(action_text, str):
+        field = "action" if "action" in t else "kind"
+        raise SimError(
+            shown, f"{key}.{field}", f'must be a string such as "run", got {type_name(action_text)}'
+        )
     action_text = ACTION_ALIASES.get(action_text, action_text)
     try:
         action = model.Action(action_text)
@@ -62,8 +68,8 @@ def make_step(tr: TableReader, raw: RawStep, shown: str) -> model.Step:
         raise SimError(
             shown,
             f"{key}.action",
-            f"unknown action {action_text!r}; use one of {', '.join(names)}"
-            + did_you_mean(str(action_text), frozenset(names)),
+            f"unknown action {shorten(repr(action_text))}; use one of {', '.join(names)}"
+            + did_you_mean(action_text, frozenset(names)),
         ) from None
     allowed = COMMON_STEP_KEYS | ACTION_KEYS[action]
     for k in t:
@@ -71,6 +77,9 @@ def make_step(tr: TableReader, raw: RawStep, shown: str) -> model.Step:
             tr.unknown(shown, f"{key}.{k}", f"{k!r} does not apply to a {action.value} step")
     step = model.Step(index=0, action=action, origin=raw.origin)
     step.id = tr.opt_string(t, "id", shown, key)
+    if step.id is not None:
+        # It names the step's log files, its certs/ or files/ folder, its captures.
+        check_name(step.id, shown, f"{key}.id", "step id")
     step.device = tr.opt_string(t, "device", shown, key)
     step.env = tr.string_table(t.get("env", {}), shown, f"{key}.env")
     step.requires = tr.strings(t.get("requires", []), shown, f"{key}.requires")
@@ -93,9 +102,11 @@ def make_step(tr: TableReader, raw: RawStep, shown: str) -> model.Step:
         parser = t.get("parser", "text")
         try:
             step.parser = model.Parser(parser)
-        except ValueError:
+        except (ValueError, TypeError):
             raise SimError(
-                shown, f"{key}.parser", f"unknown parser {parser!r}; use text, ndjson or json"
+                shown,
+                f"{key}.parser",
+                f"unknown parser {shorten(repr(parser))}; use text, ndjson or json",
             ) from None
         caps = tr.table(t.get("captures", {}), shown, f"{key}.captures")
         step.captures = {
@@ -153,14 +164,18 @@ def _capture(tr: TableReader, name: str, value: Any, path: str, key: str) -> mod
     table = tr.table(value, path, key)
     tr.check_keys(table, CAPTURE_KEYS, path, key, "a capture")
     pipe = table.get("pipe", "stdout")
-    if pipe not in ("stdout", "stderr"):
-        raise SimError(path, f"{key}.pipe", f"must be stdout or stderr, got {pipe!r}")
+    if not isinstance(pipe, str) or pipe not in ("stdout", "stderr"):
+        raise SimError(path, f"{key}.pipe", f"must be stdout or stderr, got {shorten(repr(pipe))}")
     regex = tr.opt_string(table, "regex", path, key)
     if regex is not None:
         try:
             re.compile(regex)
-        except re.error as exc:
-            raise SimError(path, f"{key}.regex", f"bad regex {regex!r}: {exc}") from None
+        except (re.error, OverflowError, RecursionError, ValueError) as exc:
+            # OverflowError: a{99999999999}; RecursionError: thousands of nested groups.
+            why = str(exc) if isinstance(exc, re.error | OverflowError) else "nested too deep"
+            raise SimError(
+                path, f"{key}.regex", f"bad regex {shorten(repr(regex))}: {why}"
+            ) from None
     match = None
     if "match" in table:
         match = dict(tr.table(table["match"], path, f"{key}.match"))

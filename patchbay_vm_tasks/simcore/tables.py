@@ -11,6 +11,7 @@ from typing import Any
 
 from . import model
 from .durations import parse_duration
+from .limits import MAX_FILES_READ, shorten
 
 SimError = model.SimError
 
@@ -36,6 +37,16 @@ class TableReader:
     def __init__(self, strict: bool) -> None:
         self.strict = strict
         self.warnings: list[str] = []
+        self.files_read = 0
+
+    def count_file(self, path: str, key: str | None) -> None:
+        """One more file read for this sim; past MAX_FILES_READ a SimError (extends that
+        name the same files again and again would read them exponentially often)."""
+        self.files_read += 1
+        if self.files_read > MAX_FILES_READ:
+            raise SimError(
+                path, key, f"the sim reads more than {MAX_FILES_READ} files; simplify its extends"
+            )
 
     # -- unknown keys ---------------------------------------------------------
 
@@ -77,7 +88,7 @@ class TableReader:
     @staticmethod
     def strings(value: Any, path: str, key: str) -> list[str]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SimError(path, key, f"must be a list of strings, got {value!r}")
+            raise SimError(path, key, f"must be a list of strings, got {shorten(repr(value))}")
         return list(value)
 
     def string_table(self, value: Any, path: str, key: str) -> dict[str, str]:
