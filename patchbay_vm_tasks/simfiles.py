@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import UsageError
 from .simcore import reader, tomlfiles
+from .simcore.limits import shorten
 from .simcore.model import SimError
 
 GUEST_APP = "/app"
@@ -31,9 +32,16 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise UsageError(str(err)) from None
 
 
+def _resolve(path: Path, shown: str) -> Path:
+    try:
+        return tomlfiles.resolve(path, shown)
+    except SimError as err:
+        raise UsageError(str(err)) from None
+
+
 def _inside(path: Path, workspace: Path, shown: str) -> Path:
-    real = path.resolve()
-    if not real.is_relative_to(workspace.resolve()):
+    real = _resolve(path, shown)
+    if not real.is_relative_to(_resolve(workspace, str(workspace))):
         raise UsageError(
             f"sim {shown} lies outside the workspace {workspace} (the guest only sees the "
             "workspace as /app); move or copy it into the project"
@@ -52,22 +60,37 @@ def expand_sim_args(args: list[str], workspace: Path | None) -> list[Path]:
         raise UsageError("no sim given: pass --file SIM.toml or --file DIR (repeatable)")
     out: list[Path] = []
     for arg in args:
-        path = Path(arg).expanduser()
-        if not path.exists():
-            raise UsageError(f"sim path {arg} does not exist; check the --file value")
-        if path.is_dir():
+        shown = shorten(repr(arg)) if len(arg) > 80 or not arg.isprintable() else arg
+        try:
+            path = tomlfiles.expand_user(Path(arg), f"sim path {shown}")
+        except SimError as err:
+            raise UsageError(f"{err}; check the --file value") from None
+        try:
+            exists, is_dir = path.exists(), path.is_dir()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UsageError(f"sim path {shown}: {why}; check the --file value") from None
+        if not exists:
+            raise UsageError(f"sim path {shown} does not exist; check the --file value")
+        if is_dir:
             # Non-recursive, sorted; dotfiles are editor leftovers, not sims.
             found = sorted(
-                p for p in path.glob("*.toml") if p.is_file() and not p.name.startswith(".")
+                p
+                for p in path.glob("*.toml")
+                if tomlfiles.is_file(p) and not p.name.startswith(".")
             )
             if not found:
-                raise UsageError(f"sim folder {arg} has no *.toml file; pass a sim file or folder")
+                raise UsageError(
+                    f"sim folder {shown} has no *.toml file; pass a sim file or folder"
+                )
             candidates = [(p, show_path(p)) for p in found]
         else:
-            candidates = [(path, arg)]
-        for candidate, shown in candidates:
+            candidates = [(path, shown)]
+        for candidate, where in candidates:
             real = (
-                candidate.resolve() if workspace is None else _inside(candidate, workspace, shown)
+                _resolve(candidate, where)
+                if workspace is None
+                else _inside(candidate, workspace, where)
             )
             if real not in out:
                 out.append(real)
