@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import signal
 import stat
 import subprocess
@@ -26,7 +27,9 @@ from pathlib import Path
 
 from ..simcore import model
 from ..simcore.durations import parse_duration
+from ..simcore.limits import NAME_RE, shorten
 from ..simcore.steps import parse_binary_override, resolve_binaries
+from ..simcore.tomlfiles import is_file
 from . import execute, output
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -125,16 +128,26 @@ def interruptions(cancel: threading.Event, stdin: bool) -> Iterator[list[str]]:
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders searched for *.toml; sorted and de-duplicated."""
+    """Files as given, folders searched for *.toml; sorted and de-duplicated. A name the
+    system refuses (too long) or something that is neither a file nor a folder (a FIFO, a
+    device) is a ValueError, as a missing path is."""
     found: set[Path] = set()
     for raw in inputs:
         p = Path(raw)
-        if p.is_file():
-            found.add(p)
-        elif p.is_dir():
-            found.update(q for q in p.rglob("*.toml") if q.is_file())
-        else:
-            raise ValueError(f"sim input path does not exist: {raw}")
+        shown = raw if len(raw) <= 80 and raw.isprintable() else shorten(repr(raw))
+        try:
+            st = p.stat()
+            if stat.S_ISREG(st.st_mode):
+                found.add(p)
+            elif stat.S_ISDIR(st.st_mode):
+                found.update(q for q in p.rglob("*.toml") if is_file(q))
+            else:
+                raise ValueError(f"sim input is not a file or a folder: {shown}")
+        except FileNotFoundError:
+            raise ValueError(f"sim input path does not exist: {shown}") from None
+        except (OSError, RuntimeError) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ValueError(f"sim input path {shown}: {why}") from None
     if not found:
         raise ValueError("no sim files found")
     return sorted(found)
@@ -214,6 +227,27 @@ def env_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
 
 
+_EXPORT_NAME_RE = re.compile(r"NETSIM_[A-Z0-9_]+")
+
+
+def export_lines(env: dict[str, str], namespaces: dict[str, str]) -> list[str]:
+    """`export NAME=VALUE` lines for a shell to source: NETSIM_IP_* from the lab and a
+    NETSIM_NS_<NODE> per node. The reader only lets through names of NAME_RE, so the
+    variable names are safe; values are quoted all the same, and anything else is
+    refused rather than written (a sourced file runs what it holds)."""
+    pairs = sorted(env.items())
+    for node, ns in sorted(namespaces.items()):
+        if not NAME_RE.fullmatch(node):
+            raise ValueError(f"node name {shorten(repr(node))} is not fit for a shell")
+        pairs.append((f"NETSIM_NS_{env_key(node)}", ns))
+    lines = []
+    for key, value in pairs:
+        if not _EXPORT_NAME_RE.fullmatch(key):
+            raise ValueError(f"variable name {shorten(repr(key))} is not fit for a shell")
+        lines.append(f"export {key}={shlex.quote(value)}")
+    return lines
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         sim = load(Path(args.sim))
@@ -246,8 +280,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     except Exception:  # noqa: BLE001 (a router: fall back to ip netns exec)
                         argv = ["ip", "netns", "exec", node["ns"]]
                     nodes[name] = {"ns": node["ns"], "argv": argv}
-            lines = [f"export {k}={v}" for k, v in sorted(lab.env.items())]
-            lines += [f"export NETSIM_NS_{env_key(n)}={v['ns']}" for n, v in sorted(nodes.items())]
+            try:
+                lines = export_lines(lab.env, {n: v["ns"] for n, v in nodes.items()})
+            except ValueError as e:
+                err(f"error: {e}")
+                return EXIT_USAGE
             output.write_text(env_file, "\n".join(lines) + "\n")
             output.write_json(
                 json_file,

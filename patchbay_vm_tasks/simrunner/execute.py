@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 from ..simcore import model
 from ..simcore.steps import (
@@ -80,6 +80,7 @@ class Proc:
     popen: subprocess.Popen
     started: float
     logs: dict[str, Path]
+    files: dict[str, TextIO] = field(default_factory=dict)  # the open logs, pumps close them
     pumps: list[threading.Thread] = field(default_factory=list)
     lines: dict[str, list[str]] = field(default_factory=lambda: {"stdout": [], "stderr": []})
     finished: bool = False
@@ -229,8 +230,7 @@ class SimRun:
             env["RUST_LOG"] = os.environ["NETSIM_RUST_LOG"]
         for k, val in step.env.items():
             env[k] = interpolate(val, v)
-        base = self.sim_dir / f"device.{dev}.{step.key}"
-        logs = {"stdout": Path(f"{base}.stdout.log"), "stderr": Path(f"{base}.stderr.log")}
+        logs, files = self.open_logs(dev, step)
         try:
             popen = subprocess.Popen(
                 self.lab.netns_argv(dev) + argv,
@@ -240,9 +240,11 @@ class SimRun:
                 env=env,
                 start_new_session=True,  # its own process group: killed as a whole at the end
             )
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL in an argument or the env
+            for f in files.values():
+                f.close()
             raise StepError(f"cannot start {argv[0]!r} on '{dev}': {e}") from None
-        proc = Proc(step, dev, popen, time.monotonic(), logs)
+        proc = Proc(step, dev, popen, time.monotonic(), logs, files=files)
         self.all_procs.append(proc)
         for pipe, stream in (("stdout", popen.stdout), ("stderr", popen.stderr)):
             t = threading.Thread(target=self.pump, args=(proc, pipe, stream), daemon=True)
@@ -250,13 +252,32 @@ class SimRun:
             proc.pumps.append(t)
         return proc
 
+    def open_logs(self, dev: str, step: model.Step) -> tuple[dict[str, Path], dict[str, TextIO]]:
+        """The step's two log files, opened before its process starts: a log that cannot
+        be made fails the step instead of losing its output while the sim reports ok.
+        Device names and step ids are checked by the reader (simcore.limits); one that
+        would reach outside the sim's folder is refused here too."""
+        base = f"device.{dev}.{step.key}"
+        if "/" in base or "\0" in base or base.startswith("."):
+            raise StepError(f"cannot name the logs of step {step.key!r} on {dev!r}: {base!r}")
+        logs = {pipe: self.sim_dir / f"{base}.{pipe}.log" for pipe in ("stdout", "stderr")}
+        files: dict[str, TextIO] = {}
+        try:
+            for pipe, path in logs.items():
+                files[pipe] = path.open("a", buffering=1)
+        except OSError as e:
+            for f in files.values():
+                f.close()
+            raise StepError(f"cannot create the log {e.filename}: {e.strerror or e}") from None
+        return logs, files
+
     def pump(self, proc: Proc, pipe: str, stream: BinaryIO) -> None:
         """Copy one pipe to its log line by line; feed live captures; echo with -v."""
         step = proc.step
         live = step.parser is not model.Parser.JSON
         caps = [(n, c) for n, c in step.captures.items() if c.pipe == pipe]
         prefix = f"{proc.device[:10]:<10}{pipe[3:]}: "
-        with proc.logs[pipe].open("a", buffering=1) as log:
+        with proc.files[pipe] as log:
             for raw in stream:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 log.write(line + "\n")

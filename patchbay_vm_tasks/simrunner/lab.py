@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -331,9 +332,11 @@ class Lab:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
                 time.sleep(0.01)
+            # Only names that are safe in a batch file (any other cannot be ours).
+            safe = [ns for ns in namespaces if not _UNSAFE_BATCH_RE.search(ns)]
             subprocess.run(
                 ["ip", "-force", "-batch", "-"],
-                input=_lines(netconfig.delete_batch(namespaces)),
+                input=_lines(netconfig.delete_batch(safe)),
                 capture_output=True,
                 text=True,
             )
@@ -537,5 +540,16 @@ class Lab:
         }
 
 
+# A batch file (`ip -batch`, `tc -batch`) is one command a line, run as root: a line
+# with a line break (or another control character) in it would become more commands.
+_UNSAFE_BATCH_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _lines(lines: list[str]) -> str:
+    """The text of a batch file; LabError, and nothing written, when a line holds a
+    newline or another control character. The reader refuses such names (simcore.limits);
+    this is the second line of defence, for a topology that did not come through it."""
+    for line in lines:
+        if _UNSAFE_BATCH_RE.search(line):
+            raise LabError(f"refused to write a batch line with a control character: {line!r}")
     return "".join(line + "\n" for line in lines)
