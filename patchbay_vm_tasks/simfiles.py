@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import files, workdir
 from .errors import UsageError
 from .simcore import reader, tomlfiles
 from .simcore.limits import shorten
@@ -200,22 +201,10 @@ def guest_command_line(argv: list[str]) -> str:
 # ── results ──────────────────────────────────────────────────────────────────
 
 
-def _run_dir(work_dir: Path) -> Path:
-    latest = work_dir / "latest"
-    if latest.is_dir():  # follows the symlink the runner makes
-        return latest
-    runs = [p for p in work_dir.glob("sim-*") if p.is_dir()]
-    if runs:
-        # sim-YYMMDD-HHMMSS sorts by time; mtime breaks ties between same-second runs.
-        return max(runs, key=lambda p: (p.name, p.stat().st_mtime))
-    return work_dir
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # a half-written or broken results file must not fail the task
+def _read_json(folder: Path, *names: str) -> Any:
+    # The guest wrote it: no link followed, size and nesting limited (files.py); a
+    # half-written or broken results file must not fail the task.
+    return files.read_json(folder, list(names))
 
 
 def _num(value: Any) -> float | None:
@@ -277,18 +266,14 @@ def summarize_results(work_dir: Path) -> list[dict] | None:
     <sim>/results.json ({"sim", "steps"}). Each row: sim, step, duration_s, down_bytes,
     up_bytes, down_mbit_s, up_mbit_s, latency_ms (None where unknown).
     """
-    run = _run_dir(work_dir)
+    run = workdir.latest_run(work_dir) or work_dir
     # The run's own files first; a top-level combined file may be from an older run.
-    rows = (
-        _combined_rows(run / "combined-results.json")
-        or _per_sim_rows(run)
-        or _combined_rows(work_dir / "combined-results.json")
-    )
+    rows = _combined_rows(run) or _per_sim_rows(run) or _combined_rows(work_dir)
     return rows or None
 
 
-def _combined_rows(path: Path) -> list[dict]:
-    data = _read_json(path)
+def _combined_rows(folder: Path) -> list[dict]:
+    data = _read_json(folder, "combined-results.json")
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         return []
     rows: list[dict] = []
@@ -300,10 +285,14 @@ def _combined_rows(path: Path) -> list[dict]:
 
 def _per_sim_rows(run: Path) -> list[dict]:
     rows: list[dict] = []
-    for path in sorted(run.glob("*/results.json")):
-        data = _read_json(path)
+    try:
+        sims = sorted(e.name for e in os.scandir(run) if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return rows
+    for name in sims:
+        data = _read_json(run, name, "results.json")
         if isinstance(data, dict):
-            rows += _rows(str(data.get("sim") or path.parent.name), data.get("steps"))
+            rows += _rows(str(data.get("sim") or name), data.get("steps"))
     return rows
 
 

@@ -31,7 +31,7 @@ from . import files, guest
 from .errors import TaskError
 from .shares import NO_SHARES
 from .ui import say, warn
-from .workdir import RUN_DIR
+from .workdir import RUN_DIR, runs_to_prune
 
 MANIFEST = ".patchbay-sync.json"
 PART_SUFFIX = ".patchbay-part"
@@ -485,8 +485,7 @@ def bring_runs_home(conn: Any, settings: Any, before: set[str]) -> Copied:
         except OSError as e:  # Windows without the symlink privilege
             warn(f"cannot point {settings.work_dir / 'latest'} at {latest}: {e.strerror or e}")
     say(f"copied from the guest: {total.describe()} ({', '.join(runs)})")
-    old = sorted(after)[: max(len(after) - settings.keep_runs, 0)] if settings.keep_runs else []
-    old = [r for r in old if r != latest and r not in runs]  # never one just pulled
+    old = [r for r in runs_to_prune(list(after), settings.keep_runs, latest) if r not in runs]
     if old:
         guest.run_argv(
             conn,

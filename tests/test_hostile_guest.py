@@ -301,10 +301,11 @@ def test_a_fifo_stamp_does_not_block_the_runner_choice(hostile, monkeypatch) -> 
 
 
 def test_latest_leading_out_is_no_run_and_pruning_stays_inside(hostile) -> None:
-    _link(hostile.outside, hostile.work / "latest")
-    assert workdir.latest_run(hostile.work) is None
-    _link(Path("../outside"), hostile.work / "latest")
-    assert workdir.latest_run(hostile.work) is None
+    newest = workdir.run_dirs(hostile.work)[-1]
+    for target in (hostile.outside, Path("../outside")):
+        _link(target, hostile.work / "latest")
+        assert workdir.linked_run(hostile.work) is None  # names no run of ours
+        assert workdir.latest_run(hostile.work) == newest
     # A run folder name that is a link is no run folder: never deleted through.
     _link(hostile.outside, hostile.work / "sim-200101-000000")
     assert workdir.prune_runs(hostile.work, 1) == [hostile.work / INV_OK]
@@ -439,3 +440,20 @@ def test_staging_test_binaries_follows_no_planted_link(tmp_path: Path) -> None:
     assert not manifest.is_symlink() and manifest.read_text() == "net-0123abcd\n"
     assert snapshot(outside) == {**before, "names": snapshot(outside)["names"]}
     assert (outside / "keep.txt").read_text() == TOKEN
+
+
+def test_sim_run_summary_reads_nothing_through_a_link(hostile) -> None:
+    from patchbay_vm_tasks import simfiles
+
+    # The invocation's combined results and a sim's results.json are links out (the
+    # fixture's); `latest` and a whole sim folder lead out too; a FIFO does not block.
+    _link(hostile.outside, hostile.work / "latest")
+    _link(hostile.outside, hostile.work / INV_OK / "elsewhere")
+    _link(hostile.outside / "combined-results.json", hostile.work / "combined-results.json")
+    os.mkfifo(hostile.work / INV_FAIL / "combined-results.json")
+    for _ in range(2):
+        text = simfiles.format_summary(simfiles.summarize_results(hostile.work))
+        assert TOKEN not in text
+        hostile.work.joinpath("latest").unlink()
+        os.symlink(INV_FAIL, hostile.work / "latest")
+    assert_clean(hostile)

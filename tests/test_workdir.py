@@ -70,7 +70,38 @@ def test_prune_never_deletes_what_latest_points_to(tmp_path) -> None:
     removed = workdir.prune_runs(work, 2)
     assert names(removed) == OLDEST_FIRST[1:3]
     assert (work / OLDEST_FIRST[0]).is_dir()
-    assert workdir.latest_run(work) == (work / OLDEST_FIRST[0]).resolve()
+    assert workdir.latest_run(work) == work / OLDEST_FIRST[0]
+
+
+@pytest.mark.parametrize(
+    ("link", "latest"),
+    [
+        (OLDEST_FIRST[1], OLDEST_FIRST[1]),  # the link names a run: that one
+        (f"./{OLDEST_FIRST[1]}/", OLDEST_FIRST[1]),
+        (None, OLDEST_FIRST[-1]),  # no link: the newest
+        ("sim-999999-999999", OLDEST_FIRST[-1]),  # names no folder of ours
+        ("binaries", OLDEST_FIRST[-1]),  # a folder, not a run
+        ("/", OLDEST_FIRST[-1]),
+    ],
+)
+def test_latest_run_is_the_link_or_the_newest(tmp_path, link, latest) -> None:
+    work = make_work(tmp_path, latest=link)
+    assert workdir.latest_run(work) == work / latest
+    assert workdir.latest_run(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    ("names", "keep", "latest", "pruned"),
+    [
+        (["sim-250101-120000-10", "sim-250101-120000-9"], 1, None, ["sim-250101-120000-9"]),
+        (OLDEST_FIRST, 2, OLDEST_FIRST[0], OLDEST_FIRST[1:3]),
+        (OLDEST_FIRST, 0, None, []),
+        ([*OLDEST_FIRST, "latest", "binaries"], 4, None, OLDEST_FIRST[:1]),
+    ],
+)
+def test_runs_to_prune(names, keep, latest, pruned) -> None:
+    # One rule for the host's work dir and the guest's copy (QEMU_VM_FS=none).
+    assert workdir.runs_to_prune(names, keep, latest) == pruned
 
 
 def test_symlinked_run_folders_are_left_alone(tmp_path) -> None:

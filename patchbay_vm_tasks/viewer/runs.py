@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import files
+from .. import files, workdir
 
 EVENTS = "events.jsonl"
 STATE = "state.json"
@@ -136,30 +136,10 @@ def invocation_dir(base: Path, name: str) -> Path | None:
 
 
 def latest_invocation(base: Path) -> str | None:
-    """The `latest` link's target when it names a folder of base, else the newest sim-*
-    folder. The link is only read, never followed."""
-    try:
-        target = os.readlink(base / "latest")
-    except OSError:
-        target = None
-    if target is not None:
-        name = target.rstrip("/")
-        if name.startswith("./"):
-            name = name[2:]
-        if invocation_dir(base, name) is not None:
-            return name
-    try:
-        names = sorted(
-            (
-                e.name
-                for e in os.scandir(base)
-                if e.name.startswith("sim-") and e.is_dir(follow_symlinks=False)
-            ),
-            reverse=True,
-        )
-    except OSError:
-        return None
-    return names[0] if names else None
+    """The latest invocation's name (workdir.latest_run: the `latest` link, only read,
+    else the newest run folder)."""
+    run = workdir.latest_run(base)
+    return run.name if run else None
 
 
 def invocation_progress(base: Path, name: str) -> dict | None:
