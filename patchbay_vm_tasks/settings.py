@@ -22,6 +22,7 @@ from typing import Any
 
 import platformdirs
 
+from . import durations
 from .errors import UsageError
 
 DEBIAN_IMAGE_DIR = "https://cloud.debian.org/images/cloud/trixie/latest"
@@ -201,6 +202,8 @@ _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3}
 
 def _convert(key: str, value: Any, origin: str) -> Any:
     kind = _SOURCES[key][1]
+    if kind is float and isinstance(value, str):
+        return durations.parse(value, origin)  # the one grammar of durations: 600, 10m
     what = "a finite number" if kind is float else f"a valid {kind.__name__}"
     bad = UsageError(f"{origin}: {value!r} is not {what}")
     if kind in (int, float) and isinstance(value, str):

@@ -39,8 +39,9 @@ CASES = [
     (["--file", "sims/ok.toml", "--patchbay-version", "path:bin"], "is a directory", None),
     (["--file", "sims/ok.toml", "--patchbay-version", "v1.x"], "v1.x", None),
     ([], "give at least one sim", None),
-    (["--file", "sims/ok.toml", "--timeout", "5x"], "--timeout '5x'", None),
-    (["--file", "sims/ok.toml", "--timeout", ""], "--timeout ''", None),
+    (["--file", "sims/ok.toml", "--timeout", "5x"], "--timeout: expected a duration", None),
+    (["--file", "sims/ok.toml", "--timeout", "0"], "--timeout: must be more than zero", None),
+    (["--file", "sims/ok.toml", "--timeout", ""], "--timeout: expected a duration", None),
 ]
 
 

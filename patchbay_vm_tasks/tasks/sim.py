@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING
 
 from invoke import Collection, Context, Exit, task
 
-from .. import lifecycle, qemu, settings
+from .. import durations, lifecycle, qemu, settings
 from ..errors import UsageError
-from ..simcore.durations import parse_duration
 from ..ui import say
 from ..viewer import DEFAULT_BIND
 from . import view
@@ -40,7 +39,8 @@ VERSION_HELP = (
         "patchbay_version": VERSION_HELP,
         "verbose": "Stream every node's output, prefixed with its device (runner -v).",
         "recreate": "Boot a fresh VM first (needed when --work-dir differs from the running VM's).",
-        "timeout": "Time limit per sim, e.g. 90s or 15m (default 10m); a sim over it fails.",
+        "timeout": "Time limit per sim, e.g. 300, 90s, 1.5m or 1h (default 10m); a sim over "
+        "it fails.",
         "open": "Serve the results viewer while the run goes on (and after it, until Ctrl-C) "
         "and open it in the browser.",
         "bind": "HOST:PORT of the viewer with --open (default 127.0.0.1:7421).",
@@ -69,7 +69,10 @@ def run(
         s = settings.from_context(c, work_dir=work_dir)
         if not file:
             raise UsageError("give at least one sim: --file sims/NAME.toml (or a folder)")
-        _check_timeout(timeout)
+        # The runner's own grammar (whole ms, s or m) from ours (300, 1.5m, 1h, ...).
+        limit = (
+            None if timeout is None else durations.for_runner(durations.parse(timeout, "--timeout"))
+        )
         check_output_path(junit, "--junit")
         # Everything that can be wrong with the input is found before anything boots.
         sims = simfiles.expand_sim_args(file, s.project_dir)
@@ -77,8 +80,7 @@ def run(
         if binary:
             # Overrides land in the work dir, which the guest writes: a link it put at
             # either folder is replaced by a folder of ours first, never written through.
-            for folder in ("binaries", ".cache/fetch"):
-                files.real_dir(s.work_dir, folder)
+            files.real_dir(s.work_dir, "binaries")
         binary_args = binaries.prepare_binary_args(
             list(binary or []), sims, s.work_dir, target, s.target_dir, s.project_dir
         )
@@ -96,7 +98,7 @@ def run(
                 binary_args,
                 verbose,
                 os.environ,
-                timeout=timeout,
+                timeout=limit,
                 extra_env=_host_facts(s, vm.record, run_id),
                 builtin=chosen.is_builtin,
             )
@@ -202,15 +204,6 @@ def exec(c: Context, node: str, work_dir: str | None = None) -> None:  # noqa: A
             vm.close()
     if code:
         raise Exit(code=code)
-
-
-def _check_timeout(timeout: str | None) -> None:
-    if timeout is None:
-        return
-    try:
-        parse_duration(timeout)
-    except ValueError as exc:
-        raise UsageError(f"--timeout {timeout!r}: {exc}") from None
 
 
 def _runner(

@@ -9,7 +9,7 @@ from typing import Any
 
 from invoke import Collection, Context, Exit, Task, task
 
-from .. import cargo, guest, lifecycle, settings, sync, testrun
+from .. import cargo, durations, guest, lifecycle, settings, sync, testrun
 from ..errors import UsageError
 from ..ui import say
 from .common import check_output_path, remainder, task_errors, write_junit_file
@@ -123,8 +123,6 @@ def _positive_int(value: str | None, flag: str) -> int | None:
     return int(value)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 # After the limit, `timeout` sends TERM; a binary still there this much later gets KILL.
 KILL_AFTER_SECONDS = 5
 TIMEOUT_EXIT_CODES = (124, 137)  # timeout(1): TERM did it / KILL was needed
@@ -134,10 +132,8 @@ def parse_timeout(value: str | None) -> tuple[str, float] | None:
     """(the duration as coreutils' `timeout` takes it, seconds) of a --timeout value."""
     if value is None:
         return None
-    m = _DURATION.fullmatch(value.strip())
-    if not m or float(m[1]) <= 0:
-        raise UsageError(f"--timeout: expected a duration like 300, 90s, 10m or 1h, got {value!r}")
-    return f"{m[1]}{m[2] or 's'}", float(m[1]) * _UNIT_SECONDS[m[2]]
+    seconds = durations.parse(value, "--timeout")
+    return durations.for_timeout(seconds), seconds
 
 
 def with_timeout(argv: list[str], limit: tuple[str, float] | None) -> list[str]:
