@@ -186,9 +186,7 @@ def _start(
     return _start_processes(settings, state, base, record, daemon, share_list)
 
 
-def _stalls(
-    settings: VmSettings, state: StateDir, base: BaseImage, record: dict[str, Any]
-) -> bool:
+def _stalls(settings: VmSettings, state: StateDir, base: BaseImage, record: dict[str, Any]) -> bool:
     """Whether a guest started under an auto-chosen hardware accelerator printed nothing
     on its serial console in its first seconds (SPEC 9.1: the accelerator passed its test
     boot and runs no guest)."""
