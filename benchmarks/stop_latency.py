@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from patchbay_vm_tasks import cargo  # noqa: E402 (after the path fix)
+from patchbay_vm_tasks.rusttest import cargo  # noqa: E402 (after the path fix)
 from patchbay_vm_tasks.simcore import model  # noqa: E402
 from patchbay_vm_tasks.simrunner.lab import NETNS_DIR, Lab  # noqa: E402
 from patchbay_vm_tasks.viewer import server as viewer_server  # noqa: E402

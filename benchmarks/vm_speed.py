@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchbay_vm_tasks import openssh
-from patchbay_vm_tasks.state import StateDir
+from patchbay_vm_tasks.vm import openssh
+from patchbay_vm_tasks.vm.state import StateDir
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -130,7 +130,8 @@ class BenchVm:
         ]  # fmt: skip
 
     def connection(self):
-        from patchbay_vm_tasks import lifecycle, settings
+        from patchbay_vm_tasks import settings
+        from patchbay_vm_tasks.vm import lifecycle
 
         s = settings.resolve(env=self.env, project_dir=self.project)
         return lifecycle.require_running(s)

@@ -21,7 +21,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from patchbay_vm_tasks import images
+from patchbay_vm_tasks.vm import images
 
 MIRROR = "http://deb.debian.org/debian"
 ESP_MB = 96

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import accel, qemu
-from patchbay_vm_tasks.accel import Accel
-from patchbay_vm_tasks.images import BaseImage
+from patchbay_vm_tasks.vm import accel, qemu
+from patchbay_vm_tasks.vm.accel import Accel
+from patchbay_vm_tasks.vm.images import BaseImage
 
 ACCEL_HELP = {
     "linux": "Accelerators supported in QEMU binary:\ntcg\nkvm\n",

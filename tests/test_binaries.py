@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import binaries
-from patchbay_vm_tasks.binaries import BinarySpec
 from patchbay_vm_tasks.errors import TaskError, UsageError
+from patchbay_vm_tasks.sim import binaries
+from patchbay_vm_tasks.sim.binaries import BinarySpec
 
 # The compatibility corpus lies beside the repo, in shared/; it is read, never copied.
 CORPUS = (Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay").resolve()

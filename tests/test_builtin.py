@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from patchbay_vm_tasks import builtin
+from patchbay_vm_tasks.sim import builtin
 
 
 def test_zipapp_bundles_the_guest_side_and_nothing_of_the_host(tmp_path: Path) -> None:

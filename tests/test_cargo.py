@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import cargo
-from patchbay_vm_tasks.cargo import (
+from patchbay_vm_tasks.errors import TaskError, UsageError
+from patchbay_vm_tasks.rusttest import cargo
+from patchbay_vm_tasks.rusttest.cargo import (
     CargoFailed,
     TestBuild,
     TestExecutable,
@@ -23,11 +24,10 @@ from patchbay_vm_tasks.cargo import (
     default_target,
     installed_targets,
     parse_test_executables,
-    stage_test_binaries,
     start_build,
 )
-from patchbay_vm_tasks.errors import TaskError, UsageError
-from patchbay_vm_tasks.testrun import guest_test_argv
+from patchbay_vm_tasks.rusttest.staging import stage_test_binaries
+from patchbay_vm_tasks.rusttest.testrun import guest_test_argv
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MESSAGES = FIXTURES / "cargo-messages"

@@ -9,8 +9,8 @@ import paramiko
 import pytest
 import yaml
 
-from patchbay_vm_tasks import cloudinit, keys
 from patchbay_vm_tasks.errors import UsageError
+from patchbay_vm_tasks.vm import cloudinit, keys
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,10 +27,12 @@ from urllib.parse import quote
 import pytest
 from test_viewer_fixture import INV_FAIL, INV_OK, SECRET, make_workdir
 
-from patchbay_vm_tasks import files, runner, sync, workdir
+from patchbay_vm_tasks import files
 from patchbay_vm_tasks.errors import TaskError
+from patchbay_vm_tasks.sim import runner, staging, workdir
 from patchbay_vm_tasks.viewer import junit, report
 from patchbay_vm_tasks.viewer import server as viewer_server
+from patchbay_vm_tasks.vm import sync
 
 TOKEN = "TOKEN-OUTSIDE-THE-WORK-DIR-5f1c"
 PING = f"{INV_OK}/ping-e2e"
@@ -366,7 +368,7 @@ def test_bring_runs_home_makes_latest_only_to_a_run(hostile, tmp_path: Path) -> 
     os.symlink("../../outside", guest / "work" / "latest")
     settings = SimpleNamespace(ssh_user="dev", work_dir=hostile.work, keep_runs=0)
     os.unlink(hostile.work / "latest")
-    sync.bring_runs_home(FakeConn(guest), settings, set())
+    staging.bring_runs_home(FakeConn(guest), settings, set())
     assert not (hostile.work / "latest").exists()
     assert (hostile.work / "sim-250101-000000" / "x").read_text() == "x"
     assert_clean(hostile)
@@ -410,7 +412,7 @@ def test_real_dir_replaces_a_link_and_leaves_its_target(tmp_path: Path) -> None:
 
 
 def test_staging_test_binaries_follows_no_planted_link(tmp_path: Path) -> None:
-    from patchbay_vm_tasks import cargo
+    from patchbay_vm_tasks.rusttest import cargo, staging
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -425,25 +427,25 @@ def test_staging_test_binaries_follows_no_planted_link(tmp_path: Path) -> None:
     # The guest's plants: the tests folder is a link out; the list of staged names is a
     # FIFO, then a link to a file outside (naming a file there, and a path out).
     os.symlink(outside, work / "binaries" / "tests")
-    os.mkfifo(work / "binaries" / cargo.STAGED_MANIFEST)
-    (guest,) = cargo.stage_test_binaries([cargo.TestExecutable(exe, "net", "pkg", "test")], work)
+    os.mkfifo(work / "binaries" / staging.STAGED_MANIFEST)
+    (guest,) = staging.stage_test_binaries([cargo.TestExecutable(exe, "net", "pkg", "test")], work)
     tests = work / "binaries" / "tests"
     assert not tests.is_symlink() and stat.S_IMODE(tests.stat().st_mode) == 0o777
     assert (tests / "net-0123abcd").read_bytes() == b"\x7fELF test"
     assert guest == "/work/binaries/tests/net-0123abcd"
 
     (outside / "names").write_text("keep.txt\n../../outside/keep.txt\n")
-    manifest = work / "binaries" / cargo.STAGED_MANIFEST
+    manifest = work / "binaries" / staging.STAGED_MANIFEST
     manifest.unlink()
     os.symlink(outside / "names", manifest)
-    cargo.stage_test_binaries([cargo.TestExecutable(exe, "net", "pkg", "test")], work)
+    staging.stage_test_binaries([cargo.TestExecutable(exe, "net", "pkg", "test")], work)
     assert not manifest.is_symlink() and manifest.read_text() == "net-0123abcd\n"
     assert snapshot(outside) == {**before, "names": snapshot(outside)["names"]}
     assert (outside / "keep.txt").read_text() == TOKEN
 
 
 def test_sim_run_summary_reads_nothing_through_a_link(hostile) -> None:
-    from patchbay_vm_tasks import simfiles
+    from patchbay_vm_tasks.sim import inputs
 
     # The invocation's combined results and a sim's results.json are links out (the
     # fixture's); `latest` and a whole sim folder lead out too; a FIFO does not block.
@@ -452,7 +454,7 @@ def test_sim_run_summary_reads_nothing_through_a_link(hostile) -> None:
     _link(hostile.outside / "combined-results.json", hostile.work / "combined-results.json")
     os.mkfifo(hostile.work / INV_FAIL / "combined-results.json")
     for _ in range(2):
-        text = simfiles.format_summary(simfiles.summarize_results(hostile.work))
+        text = inputs.format_summary(inputs.summarize_results(hostile.work))
         assert TOKEN not in text
         hostile.work.joinpath("latest").unlink()
         os.symlink(INV_FAIL, hostile.work / "latest")

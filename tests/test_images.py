@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import downloads, images
+from patchbay_vm_tasks import downloads
 from patchbay_vm_tasks.errors import UsageError, VmUnavailable
+from patchbay_vm_tasks.vm import images
 
 IMAGE = b"QFI\xfb pretend qcow2 image " * 1000
 NAME = "debian-13-generic-amd64.qcow2"

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from patchbay_vm_tasks import openssh
-from patchbay_vm_tasks.state import StateDir
+from patchbay_vm_tasks.vm import openssh
+from patchbay_vm_tasks.vm.state import StateDir
 
 RECORD = {"ssh_port": 2222, "ssh_user": "dev"}
 

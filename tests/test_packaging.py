@@ -187,3 +187,22 @@ def test_installed_wheel_boots_and_comes_back_on_the_same_port(installed: Consum
         assert info["ssh_port"] == port
     finally:
         installed.run("invoke", "vm.down", **env)
+
+
+@pytest.mark.parametrize("kind", ["installed", "vendored"])
+def test_every_data_file_is_found_where_the_package_is(kind: str, request) -> None:
+    # The package's data (packagedata.ALL), as the installed or vendored copy finds it,
+    # run from another folder: a folder moved without its data fails here.
+    consumer: Consumer = request.getfixturevalue(kind)
+    code = (
+        "from patchbay_vm_tasks import packagedata as d\n"
+        "for rel in d.ALL:\n"
+        "    p = d.path(rel)\n"
+        "    assert p.exists() and (p.is_file() or any(p.iterdir())), rel\n"
+        "print(d.path())\n"
+    )
+    # A vendored copy is importable from the project's folder (Invoke puts it on the path).
+    cwd = consumer.project / "sub" if kind == "installed" else consumer.project
+    out = consumer.run("python", "-c", code, cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    assert str(REPO) not in out.stdout  # its own copy, not this checkout

@@ -15,9 +15,10 @@ from pathlib import Path, PureWindowsPath
 import invoke
 import pytest
 
-from patchbay_vm_tasks import binfmt, firmware, images, qemu, settings
+from patchbay_vm_tasks import settings
 from patchbay_vm_tasks.errors import UsageError, VmUnavailable
-from patchbay_vm_tasks.images import BaseImage
+from patchbay_vm_tasks.vm import binfmt, firmware, images, qemu
+from patchbay_vm_tasks.vm.images import BaseImage
 
 
 def resolve(tmp_path: Path, config=None, env=None, flags=None) -> settings.VmSettings:

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from patchbay_vm_tasks import ports
 from patchbay_vm_tasks.errors import VmUnavailable
+from patchbay_vm_tasks.vm import ports
 
 
 def time_wait_port() -> int:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import qemu
-from patchbay_vm_tasks.images import BaseImage
+from patchbay_vm_tasks.vm import qemu
+from patchbay_vm_tasks.vm.images import BaseImage
 
 
 def spec(**changes) -> qemu.QemuSpec:
@@ -210,7 +210,7 @@ def test_guest_agent_that_does_not_answer_is_an_error(tmp_path: Path) -> None:
 
 
 def test_provisioning_through_the_agent_reports_its_output(tmp_path: Path) -> None:
-    from patchbay_vm_tasks import boot
+    from patchbay_vm_tasks.vm import boot
 
     sock = tmp_path / "qga.sock"
     _fake_agent(sock)
@@ -223,7 +223,7 @@ def test_provisioning_through_the_agent_reports_its_output(tmp_path: Path) -> No
 
 
 def test_provisioning_gives_the_agent_up_once_ssh_answers(tmp_path: Path) -> None:
-    from patchbay_vm_tasks import boot
+    from patchbay_vm_tasks.vm import boot
 
     run = boot._AgentProvisioning(tmp_path / "absent.sock", "true", timeout=600, set_time=False)
     run.start()

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import downloads, runner
+from patchbay_vm_tasks import downloads
 from patchbay_vm_tasks.errors import TaskError, UsageError
-from patchbay_vm_tasks.runner import RunnerSource
+from patchbay_vm_tasks.sim import runner
+from patchbay_vm_tasks.sim.runner import RunnerSource
 
 ASSET = "patchbay-x86_64-unknown-linux-musl.tar.gz"
 RUNNER_BYTES = b"\x7fELF fake patchbay runner\n"

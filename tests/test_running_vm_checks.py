@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import lifecycle, settings
+from patchbay_vm_tasks import settings
 from patchbay_vm_tasks.errors import UsageError
+from patchbay_vm_tasks.vm import lifecycle
 
 
 def _settings(tmp_path: Path, **env: str) -> settings.VmSettings:

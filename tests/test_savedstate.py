@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import qemu as qemu_mod
-from patchbay_vm_tasks import savedstate
-from patchbay_vm_tasks.state import StateDir
+from patchbay_vm_tasks.vm import qemu as qemu_mod
+from patchbay_vm_tasks.vm import savedstate
+from patchbay_vm_tasks.vm.state import StateDir
 
 ARGV = ["qemu", "-m", "2048M", "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"]
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import cloudinit, files, keys
-from patchbay_vm_tasks.state import StateDir
+from patchbay_vm_tasks import files
+from patchbay_vm_tasks.vm import cloudinit, keys
+from patchbay_vm_tasks.vm.state import StateDir
 
 
 def mode(path: Path) -> int:

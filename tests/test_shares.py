@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import guest, lifecycle, ports, provision, shares
 from patchbay_vm_tasks.errors import VmUnavailable
-from patchbay_vm_tasks.qemu import Share
+from patchbay_vm_tasks.vm import guest, lifecycle, ports, provision, shares
+from patchbay_vm_tasks.vm.qemu import Share
 
 RUST_HELP = "Usage: virtiofsd [OPTIONS]\n  --shared-dir <SHARED_DIR>\n  --readonly\n"
 C_HELP = "usage: virtiofsd [options]\n    -o source=PATH             shared directory tree\n"

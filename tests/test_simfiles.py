@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import simfiles
 from patchbay_vm_tasks.errors import UsageError
+from patchbay_vm_tasks.sim import inputs
 
 # The compatibility corpus lies beside the repo, in shared/; it is read, never copied.
 CORPUS = (Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay").resolve()
@@ -37,14 +37,14 @@ def write(path: Path, text: str = SIM) -> Path:
 
 def test_corpus_folder_expands_sorted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(CORPUS)
-    sims = simfiles.expand_sim_args(["sims"], CORPUS)
+    sims = inputs.expand_sim_args(["sims"], CORPUS)
     assert [p.name for p in sims] == CORPUS_SIMS
     assert all(p.is_absolute() for p in sims)
 
 
 def test_files_and_folders_mix_without_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(CORPUS)
-    sims = simfiles.expand_sim_args(
+    sims = inputs.expand_sim_args(
         ["ui-fixtures/ping-e2e.toml", "ui-fixtures", str(CORPUS / "sims/iroh-1to1-nat.toml")],
         CORPUS,
     )
@@ -61,7 +61,7 @@ def test_folder_is_not_recursive_and_skips_dotfiles(tmp_path: Path) -> None:
     write(tmp_path / "sims" / ".#a.toml", "not toml [")
     write(tmp_path / "sims" / "notes.txt", "x")
     write(tmp_path / "sims" / "deeper" / "c.toml")
-    sims = simfiles.expand_sim_args([str(tmp_path / "sims")], tmp_path)
+    sims = inputs.expand_sim_args([str(tmp_path / "sims")], tmp_path)
     assert [p.name for p in sims] == ["a.toml", "b.toml"]
 
 
@@ -90,20 +90,20 @@ def test_expand_errors(tmp_path: Path, make_arg, message: str) -> None:
     (tmp_path / "ws").mkdir(exist_ok=True)
     arg = make_arg(tmp_path)
     with pytest.raises(UsageError) as err:
-        simfiles.expand_sim_args([arg], tmp_path / "ws")
+        inputs.expand_sim_args([arg], tmp_path / "ws")
     assert message in str(err.value)
     assert err.value.exit_code == 2
 
 
 def test_no_sims_is_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no sim given: pass --file"):
-        simfiles.expand_sim_args([], tmp_path)
+        inputs.expand_sim_args([], tmp_path)
 
 
 def test_symlink_inside_workspace_is_fine(tmp_path: Path) -> None:
     real = write(tmp_path / "sims" / "real.toml")
     (tmp_path / "alias.toml").symlink_to(real)
-    assert simfiles.expand_sim_args([str(tmp_path / "alias.toml")], tmp_path) == [real]
+    assert inputs.expand_sim_args([str(tmp_path / "alias.toml")], tmp_path) == [real]
 
 
 @pytest.mark.parametrize(
@@ -122,7 +122,7 @@ def test_toml_error_reports_file_and_line(
     write(tmp_path / "sims" / "ok.toml")
     write(tmp_path / "sims" / "bad.toml", text)
     with pytest.raises(UsageError) as err:
-        simfiles.expand_sim_args(["sims"], tmp_path)
+        inputs.expand_sim_args(["sims"], tmp_path)
     msg = str(err.value)
     assert msg.startswith(where)
     assert f"invalid TOML {at}" in msg
@@ -136,7 +136,7 @@ def test_toml_error_reports_file_and_line(
 def test_not_utf8_is_usage_error(tmp_path: Path) -> None:
     (tmp_path / "bin.toml").write_bytes(b"name = '\xff\xfe'\n")
     with pytest.raises(UsageError):
-        simfiles.expand_sim_args([str(tmp_path / "bin.toml")], tmp_path)
+        inputs.expand_sim_args([str(tmp_path / "bin.toml")], tmp_path)
 
 
 # ── guest paths and command ──────────────────────────────────────────────────
@@ -152,17 +152,17 @@ def test_not_utf8_is_usage_error(tmp_path: Path) -> None:
     ],
 )
 def test_guest_sim_path(tmp_path: Path, rel: str, guest: str) -> None:
-    assert simfiles.guest_sim_path(tmp_path / rel, tmp_path) == guest
+    assert inputs.guest_sim_path(tmp_path / rel, tmp_path) == guest
 
 
 def test_guest_sim_path_outside(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="lies outside the workspace"):
-        simfiles.guest_sim_path(tmp_path.parent / "x.toml", tmp_path)
+        inputs.guest_sim_path(tmp_path.parent / "x.toml", tmp_path)
 
 
 def test_guest_paths_of_corpus() -> None:
-    sims = simfiles.expand_sim_args([str(CORPUS / "sims")], CORPUS)
-    assert [simfiles.guest_sim_path(p, CORPUS) for p in sims] == [
+    sims = inputs.expand_sim_args([str(CORPUS / "sims")], CORPUS)
+    assert [inputs.guest_sim_path(p, CORPUS) for p in sims] == [
         f"/app/sims/{name}" for name in CORPUS_SIMS
     ]
 
@@ -189,7 +189,7 @@ RUNNER = "/work/.patchbay-bin/patchbay"
 )
 def test_guest_run_argv(env, verbose, binaries, expected_env, tail) -> None:
     sims = ["/app/sims/a.toml", "/app/sims/b.toml"]
-    argv = simfiles.guest_run_argv(sims, binaries, verbose, env)
+    argv = inputs.guest_run_argv(sims, binaries, verbose, env)
     bin_args = [x for b in binaries for x in ("--binary", b)]
     assert argv == [
         "env",
@@ -207,8 +207,8 @@ def test_guest_run_argv(env, verbose, binaries, expected_env, tail) -> None:
 
 
 def test_guest_command_line_survives_a_shell() -> None:
-    argv = simfiles.guest_run_argv(["/app/a b.toml"], [], False, {"RUST_LOG": "a=b c;d"})
-    line = simfiles.guest_command_line(argv)
+    argv = inputs.guest_run_argv(["/app/a b.toml"], [], False, {"RUST_LOG": "a=b c;d"})
+    line = inputs.guest_command_line(argv)
     out = subprocess.run(
         ["sh", "-c", f'printf "%s\\n" {line.removeprefix("env ")}'],
         capture_output=True,
@@ -241,7 +241,7 @@ def test_summary_uses_latest_link(tmp_path: Path) -> None:
     make_run(tmp_path, "sim-250101-120000", {"old": [IPERF]})
     new = make_run(tmp_path, "sim-250101-110000", {"iperf": [IPERF], "ping": [PING]})
     (tmp_path / "latest").symlink_to(new.name)
-    rows = simfiles.summarize_results(tmp_path)
+    rows = inputs.summarize_results(tmp_path)
     assert [(r["sim"], r["step"]) for r in rows] == [
         ("iperf", "iperf-baseline"),
         ("ping", "ping-check"),
@@ -256,7 +256,7 @@ def test_summary_uses_latest_link(tmp_path: Path) -> None:
 def test_summary_newest_sim_dir_without_link(tmp_path: Path) -> None:
     make_run(tmp_path, "sim-250101-110000", {"old": [IPERF]})
     make_run(tmp_path, "sim-250102-090000", {"new": [PING]})
-    assert [r["sim"] for r in simfiles.summarize_results(tmp_path)] == ["new"]
+    assert [r["sim"] for r in inputs.summarize_results(tmp_path)] == ["new"]
 
 
 def test_summary_prefers_combined_results(tmp_path: Path) -> None:
@@ -268,7 +268,7 @@ def test_summary_prefers_combined_results(tmp_path: Path) -> None:
         ]
     }
     (run / "combined-results.json").write_text(json.dumps(combined))
-    rows = simfiles.summarize_results(tmp_path)
+    rows = inputs.summarize_results(tmp_path)
     assert [(r["sim"], r["step"]) for r in rows] == [
         ("from-combined", "iperf-baseline"),
         ("from-combined", "ping-check"),
@@ -278,7 +278,7 @@ def test_summary_prefers_combined_results(tmp_path: Path) -> None:
 
 def test_summary_in_work_dir_itself(tmp_path: Path) -> None:
     write(tmp_path / "s1" / "results.json", results("s1", [PING]))
-    assert simfiles.summarize_results(tmp_path)[0]["sim"] == "s1"
+    assert inputs.summarize_results(tmp_path)[0]["sim"] == "s1"
 
 
 @pytest.mark.parametrize(
@@ -296,7 +296,7 @@ def test_summary_in_work_dir_itself(tmp_path: Path) -> None:
 )
 def test_summary_tolerates_partial_fields(tmp_path: Path, step: dict, expected: tuple) -> None:
     write(tmp_path / "s" / "results.json", results("s", [step]))
-    (row,) = simfiles.summarize_results(tmp_path)
+    (row,) = inputs.summarize_results(tmp_path)
     got = (row["duration_s"], row["down_mbit_s"], row["up_mbit_s"])
     assert got == pytest.approx(expected)
     assert row["step"] == step.get("id", "?")
@@ -308,18 +308,18 @@ def test_summary_tolerates_partial_fields(tmp_path: Path, step: dict, expected: 
 )
 def test_summary_broken_files_give_none(tmp_path: Path, content: str) -> None:
     write(tmp_path / "sim-250101-110000" / "s" / "results.json", content)
-    assert simfiles.summarize_results(tmp_path) is None
+    assert inputs.summarize_results(tmp_path) is None
 
 
 def test_summary_nothing_there(tmp_path: Path) -> None:
-    assert simfiles.summarize_results(tmp_path) is None
-    assert simfiles.summarize_results(tmp_path / "missing") is None
-    assert simfiles.format_summary(None) == "no results found"
+    assert inputs.summarize_results(tmp_path) is None
+    assert inputs.summarize_results(tmp_path / "missing") is None
+    assert inputs.format_summary(None) == "no results found"
 
 
 def test_format_summary_table(tmp_path: Path) -> None:
     make_run(tmp_path, "sim-250101-110000", {"iperf": [IPERF], "ping": [PING]})
-    text = simfiles.format_summary(simfiles.summarize_results(tmp_path))
+    text = inputs.format_summary(inputs.summarize_results(tmp_path))
     lines = text.splitlines()
     assert lines[0].split("  ")[0] == "sim"
     for column in ("step", "duration s", "down Mbit/s", "up Mbit/s", "latency ms"):

@@ -1,5 +1,5 @@
 """Finding the runner that the host's Ctrl-C must stop (simrunner/stop.py, run in the
-guest) and the argv that sends it there (simrun.interrupt_argv)."""
+guest) and the argv that sends it there (guestrun.interrupt_argv)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import simrun
+from patchbay_vm_tasks.sim import guestrun
 from patchbay_vm_tasks.simrunner import stop
 
-ENTRY = f"{simrun.RUN_ID_VAR}=0123456789abcdef"
+ENTRY = f"{guestrun.RUN_ID_VAR}=0123456789abcdef"
 
 
 def fake_proc(root: Path, procs: dict[int, tuple[int, str, list[str]]]) -> str:
@@ -119,7 +119,7 @@ def test_interrupt_argv_signals_the_runner_and_not_itself(tmp_path: Path) -> Non
     try:
         ready, runner_pid = wrapper.stdout.readline().split()
         assert ready == "ready"
-        argv = simrun.interrupt_argv(ENTRY.split("=", 1)[1])
+        argv = guestrun.interrupt_argv(ENTRY.split("=", 1)[1])
         assert argv[:4] == ["python3", "-I", "-S", "-c"] and argv[-1] == ENTRY
         out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import paramiko
 import pytest
 
-from patchbay_vm_tasks import simfiles, sync
-from patchbay_vm_tasks.sync import FileState
+from patchbay_vm_tasks.sim import inputs, staging
+from patchbay_vm_tasks.vm import sync
+from patchbay_vm_tasks.vm.sync import FileState
 
 
 class LocalSftp:
@@ -139,15 +140,15 @@ def test_split_guest_paths_by_root() -> None:
 
 def test_binary_arg_paths_and_folder_chain() -> None:
     args = ["a:path:/work/binaries/a", "b:path:/target/t/release/b", "c:fetch:http://x"]
-    assert sync.binary_arg_paths(args) == ["/work/binaries/a", "/target/t/release/b"]
+    assert staging.binary_arg_paths(args) == ["/work/binaries/a", "/target/t/release/b"]
     assert sync.folder_chain(["a/b/c", "a/d", "e"]) == ["a", "a/b"]
 
 
 def test_new_runs_are_made_during_the_run_or_latest() -> None:
     before = {"sim-250101-000000"}
     after = before | {"sim-250101-000100", "sim-250101-000100-1"}
-    assert sync.new_runs(before, after, "sim-250101-000000") == sorted(after)
-    assert sync.new_runs(after, after, None) == []
+    assert staging.new_runs(before, after, "sim-250101-000000") == sorted(after)
+    assert staging.new_runs(after, after, None) == []
 
 
 def test_copies_files_only_without_shares() -> None:
@@ -162,7 +163,7 @@ def test_sim_inputs_are_the_files_the_reader_reads(tmp_path: Path) -> None:
     (tmp_path / "sims" / "unrelated.toml").write_text("")
     sim = tmp_path / "sims" / "a.toml"
     sim.write_text('[[extends]]\nfile = "base.toml"\n[sim]\nname = "a"\ntopology = "t"\n')
-    found = simfiles.sim_inputs([sim], tmp_path)
+    found = inputs.sim_inputs([sim], tmp_path)
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "sims/a.toml",
         "sims/base.toml",
@@ -274,14 +275,14 @@ def test_sims_own_path_binaries_are_copied_when_under_a_root(tmp_path: Path) -> 
         '[[binary]]\nname = "built"\npath = "target:release/built"\n'
     )
     roots = {"/app": tmp_path, "/target": tmp_path / "target", "/work": tmp_path / "w"}
-    assert sync.sim_binary_paths([sim], roots) == ["/app/bin/tool"]
+    assert staging.sim_binary_paths([sim], roots) == ["/app/bin/tool"]
     (tmp_path / "target" / "release").mkdir(parents=True)
     (tmp_path / "target" / "release" / "built").write_bytes(b"y")
-    assert sync.sim_binary_paths([sim], roots) == ["/app/bin/tool", "/target/release/built"]
+    assert staging.sim_binary_paths([sim], roots) == ["/app/bin/tool", "/target/release/built"]
 
 
 def test_overrides_are_staged_with_their_mtime_and_not_rewritten(tmp_path: Path) -> None:
-    from patchbay_vm_tasks import binaries
+    from patchbay_vm_tasks.sim import binaries
 
     src = tmp_path / "tool"
     src.write_bytes(b"x")
@@ -305,7 +306,7 @@ def test_bring_runs_home_pulls_the_new_runs_and_points_latest(world) -> None:
     os.symlink("sim-250101-000200", work / "latest")
     settings = SimpleNamespace(ssh_user="dev", work_dir=host, keep_runs=2)
     before = {"sim-250101-000000", "sim-250101-000100"}
-    done = sync.bring_runs_home(conn, settings, before)
+    done = staging.bring_runs_home(conn, settings, before)
     assert done.files == 1
     assert (host / "latest" / "ping" / "sim.json").read_text() == "sim-250101-000200"
     assert not (host / "sim-250101-000100").exists()  # older runs are not fetched

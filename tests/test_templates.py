@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_qemu import after, spec
 
-from patchbay_vm_tasks import images, qemu, savedstate, templates
-from patchbay_vm_tasks.images import BaseImage
+from patchbay_vm_tasks.vm import images, qemu, savedstate, templates
+from patchbay_vm_tasks.vm.images import BaseImage
 
 
 def base_files(tmp_path: Path) -> list[Path]:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks.cargo import TestExecutable, stage_test_binaries
-from patchbay_vm_tasks.testrun import (
+from patchbay_vm_tasks.rusttest.cargo import TestExecutable
+from patchbay_vm_tasks.rusttest.staging import stage_test_binaries
+from patchbay_vm_tasks.rusttest.testrun import (
     GUEST_PATH,
     GUEST_TEST_CWD,
     BinaryResult,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import firmware, qemu
+from patchbay_vm_tasks.vm import firmware, qemu
 
 pytestmark = pytest.mark.vm
 

@@ -23,7 +23,7 @@ import fwimage
 import pytest
 from vmfixtures import TIMINGS, VmEnv, make_project, serving, vm_env
 
-from patchbay_vm_tasks import provision
+from patchbay_vm_tasks.vm import provision
 
 pytestmark = pytest.mark.vm
 

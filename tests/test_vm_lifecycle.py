@@ -327,7 +327,8 @@ def test_ssh_without_a_command_opens_a_shell(vm: VmEnv) -> None:
 def test_unreachable_image_server_falls_back_to_the_debian_build(vm_session, capsys) -> None:
     # The official image cannot be had here; with mmdebstrap present, vm.up builds the
     # guest instead and says so. The session VM's build is in the cache by now.
-    from patchbay_vm_tasks import images, settings
+    from patchbay_vm_tasks import settings
+    from patchbay_vm_tasks.vm import images
 
     cache = settings.resolve(env={}, project_dir=vm_session.project).image_cache_dir
     base = images.ensure_base_image(

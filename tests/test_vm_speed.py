@@ -13,7 +13,7 @@ import time
 import pytest
 from vmfixtures import VmEnv, make_project, vm_env
 
-from patchbay_vm_tasks import qemu
+from patchbay_vm_tasks.vm import qemu
 
 pytestmark = pytest.mark.vm
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import invoke
 import pytest
 
-from patchbay_vm_tasks import cli, guest, guestcopy, settings
+from patchbay_vm_tasks import cli, settings
 from patchbay_vm_tasks.errors import UsageError
 from patchbay_vm_tasks.tasks import namespace
+from patchbay_vm_tasks.vm import guest, guestcopy
 
 # The module (the package's `test` attribute is the collection of the same name).
 test_tasks = importlib.import_module("patchbay_vm_tasks.tasks.test")

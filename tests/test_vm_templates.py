@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from vmfixtures import FAKE_QEMU, TIMINGS, VmEnv, make_project, vm_env
 
-from patchbay_vm_tasks import accel, images, settings, templates
+from patchbay_vm_tasks import settings
+from patchbay_vm_tasks.vm import accel, images, templates
 
 pytestmark = [pytest.mark.vm]
 

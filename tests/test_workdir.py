@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks import settings, workdir
+from patchbay_vm_tasks import settings
+from patchbay_vm_tasks.sim import workdir
 
 RUNS = [
     "sim-250102-090000",

@@ -239,7 +239,7 @@ class Arm64Build:
         code = self.proc.wait()
         log = self.log.read_text(errors="replace")
         assert code == 0, f"the arm64 debian:{ARM64_SUITE} build failed:\n{log[-3000:]}"
-        from patchbay_vm_tasks import images
+        from patchbay_vm_tasks.vm import images
 
         build = images._build_dir(ARM64_SUITE, "arm64", self.cache)
         if "built debian:" in log:  # else it was in the cache already

@@ -10,15 +10,16 @@ from typing import TYPE_CHECKING
 
 from invoke import Collection, Context, Exit, task
 
-from .. import durations, lifecycle, qemu, settings
+from .. import durations, settings
 from ..errors import UsageError
 from ..ui import say
 from ..viewer import DEFAULT_BIND
+from ..vm import lifecycle, qemu
 from . import view
 from .common import check_output_path, remainder, task_errors, write_junit_file
 
 if TYPE_CHECKING:
-    from .. import runner
+    from ..sim import runner
 
 # The sim modules are imported inside the tasks: loading them costs every task (a warm
 # `vm.up` too) time at start-up, Invoke imports this file to list the tasks.
@@ -63,7 +64,9 @@ def run(
     refresh: bool = False,
 ) -> None:
     """Run sims in the VM with the patchbay runner; results land in the work dir."""
-    from .. import binaries, files, runner, simfiles, simrun, sync, workdir
+    from .. import files
+    from ..sim import binaries, guestrun, inputs, runner, staging, workdir
+    from ..vm import sync
 
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
@@ -75,7 +78,7 @@ def run(
         )
         check_output_path(junit, "--junit")
         # Everything that can be wrong with the input is found before anything boots.
-        sims = simfiles.expand_sim_args(file, s.project_dir)
+        sims = inputs.expand_sim_args(file, s.project_dir)
         target = runner.musl_target_for(s.arch)
         if binary:
             # Overrides land in the work dir, which the guest writes: a link it put at
@@ -87,14 +90,14 @@ def run(
         chosen = _runner(s, patchbay_version, refresh)
         if chosen.is_builtin:
             # What the guest would refuse, refused now, before anything boots.
-            simfiles.refuse_broken(sims, [arg.split(":", 1)[0] for arg in binary_args])
-        run_id = simrun.new_run_id()
+            inputs.refuse_broken(sims, [arg.split(":", 1)[0] for arg in binary_args])
+        run_id = guestrun.new_run_id()
         viewer = view.start_viewer(s.work_dir, bind, True) if open else None
         vm = lifecycle.up(s, recreate=recreate, refresh=refresh)
         not_home = None
         try:
-            argv = simfiles.guest_run_argv(
-                [simfiles.guest_sim_path(p, s.project_dir) for p in sims],
+            argv = inputs.guest_run_argv(
+                [inputs.guest_sim_path(p, s.project_dir) for p in sims],
                 binary_args,
                 verbose,
                 os.environ,
@@ -104,22 +107,22 @@ def run(
             )
             # No shared folders (QEMU_VM_FS=none): copy in, and the results back out.
             runs_before = (
-                sync.stage_sim_run(vm.conn, s, sims, binary_args)
+                staging.stage_sim_run(vm.conn, s, sims, binary_args)
                 if sync.copies_files(vm.record)
                 else None
             )
             say(f"running {len(sims)} sim(s) with the {chosen.label} runner")
             started = time.monotonic()
             try:
-                code = simrun.run_interruptible(vm.conn, argv, run_id)
+                code = guestrun.run_interruptible(vm.conn, argv, run_id)
             finally:
                 took = time.monotonic() - started
                 if runs_before is not None:
-                    not_home = sync.bring_runs_home_after(vm.conn, s, runs_before)
+                    not_home = staging.bring_runs_home_after(vm.conn, s, runs_before)
         finally:
             vm.close()
         say(f"runner exited with {code} after {took:.1f} s; results in {s.work_dir}")
-        print(simfiles.format_summary(simfiles.summarize_results(s.work_dir)))
+        print(inputs.format_summary(inputs.summarize_results(s.work_dir)))
         if junit:
             from ..viewer.junit import write_sim_junit  # xml: loaded only when asked
 
@@ -129,7 +132,7 @@ def run(
         if not_home is not None and not code:
             raise not_home  # said already; the run itself passed, its results did not come
         if viewer is not None:
-            view.serve_until_interrupted(viewer, interrupted=code == simrun.EXIT_INTERRUPTED)
+            view.serve_until_interrupted(viewer, interrupted=code == guestrun.EXIT_INTERRUPTED)
     if code:
         raise Exit(code=code)
 
@@ -145,29 +148,30 @@ def inspect(
     c: Context, file: str, work_dir: str | None = None, patchbay_version: str | None = None
 ) -> None:
     """Build a sim's topology in the guest and keep it up until Ctrl-C; print NETSIM_IP_*."""
-    from .. import simfiles, simrun, sync
+    from ..sim import guestrun, inputs, staging
+    from ..vm import sync
 
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
-        (sim,) = simfiles.expand_sim_args([file], s.project_dir)
+        (sim,) = inputs.expand_sim_args([file], s.project_dir)
         chosen = _runner(s, patchbay_version)
-        run_id = simrun.new_run_id()
+        run_id = guestrun.new_run_id()
         vm = lifecycle.up(s)
         try:
             if sync.copies_files(vm.record):
-                sync.stage_sim_run(vm.conn, s, [sim], [])
+                staging.stage_sim_run(vm.conn, s, [sim], [])
             argv = [
                 "env",
                 *[f"{k}={v}" for k, v in _host_facts(s, vm.record, run_id).items()],
-                simfiles.GUEST_RUNNER,
+                inputs.GUEST_RUNNER,
                 "inspect",
                 "--work-dir",
                 "/work",
-                simfiles.guest_sim_path(sim, s.project_dir),
+                inputs.guest_sim_path(sim, s.project_dir),
             ]
             say(f"building the lab of {sim.name} with the {chosen.label} runner; Ctrl-C ends it")
             say("run a command in one of its nodes with: invoke sim.exec NODE -- CMD ARGS")
-            code = simrun.run_interruptible(vm.conn, argv, run_id, what="the lab")
+            code = guestrun.run_interruptible(vm.conn, argv, run_id, what="the lab")
         finally:
             vm.close()
     if code:  # 130 after Ctrl-C, the usual end, once the guest has cleaned up
@@ -182,7 +186,7 @@ def inspect(
 )
 def exec(c: Context, node: str, work_dir: str | None = None) -> None:  # noqa: A001 (task name)
     """Run `-- CMD ARGS` as root in one node of the `sim.inspect` lab; exit code passed on."""
-    from .. import runner, simfiles, simrun
+    from ..sim import guestrun, inputs, runner
 
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
@@ -193,13 +197,13 @@ def exec(c: Context, node: str, work_dir: str | None = None) -> None:  # noqa: A
             raise UsageError("no lab to run in: start one with `invoke sim.inspect --file SIM`")
         vm = lifecycle.require_running(s)
         try:
-            run_id = simrun.new_run_id()
+            run_id = guestrun.new_run_id()
             argv = [
                 "env",
-                f"{simrun.RUN_ID_VAR}={run_id}",  # so that Ctrl-C finds it
-                *[simfiles.GUEST_RUNNER, "run-in", "--work-dir", "/work", node, "--", *cmd],
+                f"{guestrun.RUN_ID_VAR}={run_id}",  # so that Ctrl-C finds it
+                *[inputs.GUEST_RUNNER, "run-in", "--work-dir", "/work", node, "--", *cmd],
             ]
-            code = simrun.run_interruptible(vm.conn, argv, run_id, what=node)
+            code = guestrun.run_interruptible(vm.conn, argv, run_id, what=node)
         finally:
             vm.close()
     if code:
@@ -210,7 +214,7 @@ def _runner(
     s: settings.VmSettings, flag: str | None, refresh: bool = False
 ) -> runner.ResolvedRunner:
     """Resolve and stage the runner (flag, else setting); the guest runs it from /work."""
-    from .. import runner
+    from ..sim import runner
 
     version = flag or s.patchbay_version
     chosen = runner.resolve_runner(version, s.work_dir, s.arch, refresh=refresh)
@@ -221,10 +225,10 @@ def _runner(
 def _host_facts(s: settings.VmSettings, record: dict, run_id: str) -> dict[str, str]:
     """What only the host knows, for the run's manifest: numbers under TCG are not
     comparable with numbers under KVM or HVF."""
-    from .. import simrun
+    from ..sim import guestrun
 
     return {
-        simrun.RUN_ID_VAR: run_id,
+        guestrun.RUN_ID_VAR: run_id,
         "PATCHBAY_VM_ACCEL": str(record.get("accel", "")),
         "PATCHBAY_VM_QEMU_VERSION": qemu.version(s.qemu_bin),
         "PATCHBAY_VM_FS": str(record.get("fs_mode", "")),
@@ -238,14 +242,14 @@ def _host_facts(s: settings.VmSettings, record: dict, run_id: str) -> dict[str, 
 def check(c: Context, file: list[str]) -> None:
     """Read sims on the host as the builtin runner reads them and print each expanded plan
     (routers, devices, binaries, one line a step). No VM. Unknown keys are errors here."""
-    from .. import simfiles
+    from ..sim import inputs
 
     with task_errors():
         if not file:
             raise UsageError("give at least one sim: --file sims/NAME.toml (or a folder)")
         plans = []
-        for path in simfiles.check_sims(file):
-            plans.append(simfiles.sim_plan(path))
+        for path in inputs.check_sims(file):
+            plans.append(inputs.sim_plan(path))
             print(plans[-1] + "\n", flush=True)
         say(f"{len(plans)} sim(s) read without error")
 

@@ -9,9 +9,11 @@ from typing import Any
 
 from invoke import Collection, Context, Exit, Task, task
 
-from .. import cargo, durations, guest, lifecycle, settings, sync, testrun
+from .. import durations, settings
 from ..errors import UsageError
+from ..rusttest import cargo, staging, testrun
 from ..ui import say
+from ..vm import guest, lifecycle, sync
 from .common import check_output_path, remainder, task_errors, write_junit_file
 
 
@@ -161,7 +163,7 @@ def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=No
     if not exes:
         say("cargo built no test binaries; nothing to run")
         return []
-    guest_paths = cargo.stage_test_binaries(exes, work_dir)
+    guest_paths = staging.stage_test_binaries(exes, work_dir)
     copying = sync.copies_files(vm.record)
     if copying:  # no shared folders (QEMU_VM_FS=none): copy them in, their output out
         sync.stage(vm.conn, vm.settings, guest_paths)
@@ -169,7 +171,7 @@ def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=No
         return _run_each(vm, exes, guest_paths, filter, test_args, sudo, no_fail_fast, limit)
     finally:
         if copying:
-            sync.bring_tests_home_after(vm.conn, vm.settings, as_root=sudo)
+            staging.bring_tests_home_after(vm.conn, vm.settings, as_root=sudo)
 
 
 def _run_each(vm, exes, guest_paths, filter, test_args, sudo, no_fail_fast, limit) -> list:

@@ -6,7 +6,8 @@ import json
 
 from invoke import Collection, Context, Exit, task
 
-from .. import guest, guestcopy, lifecycle, openssh, runtime, settings, shares
+from .. import settings
+from ..vm import guest, guestcopy, lifecycle, openssh, runtime, shares
 from .common import remainder, task_errors
 
 # `vm.status` exit code when the VM is not running (as LSB's "program is not running").

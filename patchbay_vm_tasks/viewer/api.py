@@ -23,12 +23,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .. import files
+from .. import files, packagedata
 from . import logs, runs
 
 POLL_S = 0.5
@@ -64,7 +63,7 @@ def _bad_request(what: str) -> Response:
 
 
 def static_file(name: str) -> bytes:
-    return resources.files(__package__).joinpath("static", name).read_bytes()
+    return (packagedata.path(packagedata.VIEWER_STATIC) / name).read_bytes()
 
 
 def sse_data(text: str) -> bytes:

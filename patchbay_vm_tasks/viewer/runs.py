@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import files, workdir
+from .. import files
+from ..sim import workdir
 
 EVENTS = "events.jsonl"
 STATE = "state.json"

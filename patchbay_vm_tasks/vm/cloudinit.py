@@ -17,12 +17,13 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UsageError
-from .files import atomic_file
+from .. import packagedata
+from ..errors import UsageError
+from ..files import atomic_file
 
 SEED_FILES = ("user-data", "meta-data", "network-config")
 SEED_MODE = 0o600
-PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "cloud-init"
+PACKAGED_TEMPLATES = packagedata.path(packagedata.CLOUD_INIT)
 
 
 def template_dir(project_dir: Path) -> Path:

@@ -7,6 +7,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError, VmUnavailable
+from ..settings import VmSettings
+from ..ui import say, spinner
 from . import (
     boot,
     guest,
@@ -17,10 +20,7 @@ from . import (
     savedstate,
     shares,
 )
-from .errors import UsageError, VmUnavailable
-from .settings import VmSettings
 from .state import StateDir, locked
-from .ui import say, spinner
 
 if TYPE_CHECKING:
     import fabric

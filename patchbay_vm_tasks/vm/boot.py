@@ -12,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import VmUnavailable
+from ..settings import VmSettings
+from ..ui import say, spinner, warn
 from . import (
     accel,
     cloudinit,
@@ -26,11 +29,8 @@ from . import (
     shares,
     templates,
 )
-from .errors import VmUnavailable
 from .images import BaseImage, ensure_base_image
-from .settings import VmSettings
 from .state import StateDir
-from .ui import say, spinner, warn
 
 
 def control_ports() -> dict[str, int]:

@@ -13,8 +13,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .errors import VmUnavailable
-from .files import write_atomic
+from ..errors import VmUnavailable
+from ..files import write_atomic
 
 # The state dir and its secrets (keys, the seed ISO): the user's alone.
 PRIVATE_DIR_MODE = 0o700

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import invoke
 
-from .errors import VmUnavailable
+from ..errors import VmUnavailable
 
 if TYPE_CHECKING:
     import fabric

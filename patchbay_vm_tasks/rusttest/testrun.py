@@ -1,7 +1,7 @@
 """Guest side of `test.run`: the command each test binary runs with, and the verdicts.
 
 The caller runs `shlex.join(guest_test_argv(...))` over SSH for every staged binary
-(paths from `cargo.stage_test_binaries`), prints `format_result_line` after each one, then
+(paths from `staging.stage_test_binaries`), prints `format_result_line` after each one, then
 `format_summary` and exits with `overall_exit_code` (SPEC 7.4, 7.5).
 """
 
@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .cargo import GUEST_TESTS_DIR
+from .staging import GUEST_TESTS_DIR
 
 # Passed from the host environment to each test binary when set (SPEC 7.4).
 FORWARDED_ENV_VARS = ("RUST_LOG", "RUST_BACKTRACE", "PATCHBAY_OUTDIR", "PATCHBAY_SIM")

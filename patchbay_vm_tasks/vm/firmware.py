@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePath
 
-from .errors import UsageError, VmUnavailable
+from ..errors import UsageError, VmUnavailable
 
 # Every pflash unit of the arm64 `virt` machine is 64 MiB: QEMU refuses a smaller
 # image ("device requires 67108864 bytes"). Homebrew's and Debian's AAVMF files are

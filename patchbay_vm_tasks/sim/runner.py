@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from . import __version__, builtin, files
-from .downloads import HttpError, Unreachable, check_due, download, get, stamp_for
-from .errors import EXIT_UNAVAILABLE, TaskError, UsageError
-from .files import copy_executable, executable_beside
-from .ui import say, warn
+from .. import __version__, files
+from ..downloads import HttpError, Unreachable, check_due, download, get, stamp_for
+from ..errors import EXIT_UNAVAILABLE, TaskError, UsageError
+from ..files import copy_executable, executable_beside
+from ..ui import say, warn
+from . import builtin
 
 DEFAULT_RELEASE_URL = "https://github.com/n0-computer/patchbay/releases"
 DEFAULT_GIT_URL = "https://github.com/n0-computer/patchbay"

@@ -22,8 +22,8 @@ from urllib.parse import unquote, urlparse
 
 from filelock import FileLock
 
-from . import binfmt, provision
-from .downloads import (
+from .. import packagedata
+from ..downloads import (
     Unreachable,
     check_due,
     download,
@@ -32,8 +32,9 @@ from .downloads import (
     sha512_file,
     stamp_for,
 )
-from .errors import TaskError, UsageError, VmUnavailable
-from .ui import say, spinner, warn
+from ..errors import TaskError, UsageError, VmUnavailable
+from ..ui import say, spinner, warn
+from . import binfmt, provision
 
 FALLBACK_SUITE = "trixie"
 
@@ -141,7 +142,7 @@ RECIPE_VERSION = "4"
 
 # Files copied into the guest tree as they are (plain, editable data beside the code),
 # each to its folder in the guest.
-GUEST_FILES_DIR = Path(__file__).parent / "guest-image"
+GUEST_FILES_DIR = packagedata.path(packagedata.GUEST_IMAGE)
 GUEST_FILES = {
     "patchbay-gate": "/usr/local/sbin",
     "patchbay-gate.service": "/etc/systemd/system",

@@ -27,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import files, guest
-from .errors import TaskError
+from .. import files
+from ..errors import TaskError
+from ..ui import say, warn
+from . import guest
 from .shares import NO_SHARES
-from .ui import say, warn
-from .workdir import RUN_DIR, runs_to_prune
 
 MANIFEST = ".patchbay-sync.json"
 PART_SUFFIX = ".patchbay-part"
@@ -162,29 +162,10 @@ def split_guest_paths(
     return out
 
 
-def binary_arg_paths(binary_args: Iterable[str]) -> list[str]:
-    """The guest files that runner `--binary NAME:path:FILE` values name."""
-    out = []
-    for arg in binary_args:
-        _name, _, rest = arg.partition(":")
-        mode, _, value = rest.partition(":")
-        if mode == "path" and value.startswith("/"):
-            out.append(value)
-    return out
-
-
-def new_runs(before: set[str], after: set[str], latest: str | None) -> list[str]:
-    """The run folders a runner made in the guest (and the one `latest` names)."""
-    runs = set(after) - set(before)
-    if latest and latest in after:
-        runs.add(latest)
-    return sorted(runs)
-
-
 # --- SFTP ---------------------------------------------------------------------------
 
 
-def _sftp(conn: Any) -> Any:
+def open_sftp(conn: Any) -> Any:
     try:
         return conn.sftp()
     except Exception as e:  # noqa: BLE001 (paramiko raises several kinds)
@@ -221,7 +202,7 @@ def push(conn: Any, host_root: Path, guest_root: str, paths: Iterable[str]) -> C
     """Copy `paths` (relative, posix) from host_root to guest_root when changed, keeping
     modes and mtimes; folders are made with their host modes (binaries/tests is 0777).
     Files sent earlier whose host file has gone are removed in the guest."""
-    sftp = _sftp(conn)  # the handshake and SFTP session (once per task) are not copying
+    sftp = open_sftp(conn)  # the handshake and SFTP session (once per task) are not copying
     started = time.monotonic()
     rels = sorted({posixpath.normpath(p) for p in paths})
     host = {}
@@ -349,7 +330,7 @@ def pull(conn: Any, guest_dir: str, host_dir: Path, root: Path | None = None) ->
     The guest is not trusted: root (the work dir) and the folders below it are made real
     folders (a link found there is replaced, never written through), names are checked,
     and a link that would lead out of host_dir is not made (listed in `failed`)."""
-    sftp = _sftp(conn)
+    sftp = open_sftp(conn)
     started = time.monotonic()
     done = Copied()
     try:
@@ -397,14 +378,14 @@ def pull(conn: Any, guest_dir: str, host_dir: Path, root: Path | None = None) ->
             done.failed.append(f"{guest_dir}/{rel}: a link to {target!r}, out of the folder")
             continue
         try:
-            _symlink(target, host_dir / rel)
+            make_link(target, host_dir / rel)
         except OSError as e:  # Windows without the symlink privilege
             done.failed.append(f"{guest_dir}/{rel} (a link to {target}): {e.strerror or e}")
     done.seconds = time.monotonic() - started
     return done
 
 
-def _symlink(target: str, link: Path) -> None:
+def make_link(target: str, link: Path) -> None:
     """link -> target, replaced atomically."""
     tmp = link.with_name(f".{link.name}{PART_SUFFIX}")
     with contextlib.suppress(FileNotFoundError):
@@ -432,18 +413,6 @@ def stage(conn: Any, settings: Any, guest_paths: Iterable[str]) -> Copied:
     return total
 
 
-GUEST_WORK = "/work"
-
-
-def guest_runs(conn: Any) -> set[str]:
-    """The run folders in the guest's /work."""
-    try:
-        names = _sftp(conn).listdir(GUEST_WORK)
-    except OSError as e:
-        raise SyncError(f"cannot list the guest's {GUEST_WORK}: {e}") from None
-    return {n for n in names if RUN_DIR.fullmatch(n)}
-
-
 def claim(conn: Any, user: str, guest_paths: Sequence[str]) -> None:
     """Make guest files the runner (root) wrote readable by the SFTP user: its own."""
     if not guest_paths:
@@ -454,66 +423,7 @@ def claim(conn: Any, user: str, guest_paths: Sequence[str]) -> None:
         warn(f"could not take over {', '.join(guest_paths)} in the guest: {result.stderr.strip()}")
 
 
-def bring_runs_home(conn: Any, settings: Any, before: set[str]) -> Copied:
-    """Pull the run folders a sim.run made in the guest into the host work dir and point
-    the host's `latest` at the guest's. Guest runs beyond `keep_runs` are removed there,
-    as the host prunes its own. Raises SyncError naming what did not come."""
-    sftp = _sftp(conn)
-    after = guest_runs(conn)
-    try:
-        latest = sftp.readlink(f"{GUEST_WORK}/latest")
-    except OSError:
-        latest = None
-    runs = new_runs(before, after, latest)
-    total = Copied()
-    if not runs:
-        say("no run folder came back from the guest (the runner made none)")
-        return total
-    claim(conn, settings.ssh_user, [f"{GUEST_WORK}/{r}" for r in runs])
-    failures = []
-    for run in runs:
-        try:
-            home = settings.work_dir / run
-            total.add(pull(conn, f"{GUEST_WORK}/{run}", home, root=settings.work_dir))
-        except SyncError as e:
-            failures.append(str(e))
-    # `latest` is made only as a link to a run folder of ours, whatever the guest's says.
-    latest = latest.rstrip("/") if latest else None
-    if latest and RUN_DIR.fullmatch(latest) and runs_dir_is_real(settings.work_dir, latest):
-        try:
-            _symlink(latest, settings.work_dir / "latest")
-        except OSError as e:  # Windows without the symlink privilege
-            warn(f"cannot point {settings.work_dir / 'latest'} at {latest}: {e.strerror or e}")
-    say(f"copied from the guest: {total.describe()} ({', '.join(runs)})")
-    old = [r for r in runs_to_prune(list(after), settings.keep_runs, latest) if r not in runs]
-    if old:
-        guest.run_argv(
-            conn,
-            ["rm", "-rf", "--", *[f"{GUEST_WORK}/{r}" for r in old]],
-            sudo=True,
-            hide=True,
-            in_stream=False,
-        )
-    failures += total.failed
-    if failures:
-        shown = "\n  ".join(failures[:10])
-        more = f"\n  ... and {len(failures) - 10} more" if len(failures) > 10 else ""
-        raise SyncError(
-            f"{len(failures)} result file(s) did not come back from the guest "
-            f"(they stay in its {GUEST_WORK}; `vm.ssh -- ls {GUEST_WORK}`):\n  {shown}{more}"
-        )
-    return total
-
-
-def runs_dir_is_real(work_dir: Path, name: str) -> bool:
-    """work_dir/name is a folder, not a link to one."""
-    try:
-        return stat.S_ISDIR((work_dir / name).lstat().st_mode)
-    except OSError:
-        return False
-
-
-def _quietly(what: str, action: Any) -> TaskError | None:
+def quietly(what: str, action: Any) -> TaskError | None:
     """Run action(); a failure is said (not raised), since it comes after the run whose
     own outcome matters more, and returned for the caller to end with."""
     try:
@@ -526,75 +436,3 @@ def _quietly(what: str, action: Any) -> TaskError | None:
         warn(f"{what}: {error}")
         return error
     return None
-
-
-def stage_sim_run(
-    conn: Any, settings: Any, sims: Sequence[Path], binary_args: Sequence[str]
-) -> set[str]:
-    """Copy what a sim.run's guest command names: the runner, the sims and the files
-    they read (to /app), the binaries (/work/binaries, /target). Returns the guest's run
-    folders before the run, for `bring_runs_home_after`."""
-    from . import simfiles
-
-    needed = [simfiles.GUEST_RUNNER]
-    needed += [
-        simfiles.guest_sim_path(p, settings.project_dir)
-        for p in simfiles.sim_inputs(list(sims), settings.project_dir)
-    ]
-    needed += binary_arg_paths(binary_args)
-    needed += sim_binary_paths(sims, roots_of(settings))
-    stage(conn, settings, needed)
-    return guest_runs(conn)
-
-
-def sim_binary_paths(sims: Sequence[Path], roots: Mapping[str, Path]) -> list[str]:
-    """Guest paths of the sims' own `path` binaries (`/app/...`, `/work/...`,
-    `target:...`) whose host file exists; the runner resolves those itself."""
-    from .simcore import reader
-    from .simcore.model import SimError
-
-    out = []
-    for sim in sims:
-        try:
-            declared = reader.binaries_of(sim).values()
-        except SimError:
-            continue
-        for b in declared:
-            if b.mode != "path" or not b.path:
-                continue
-            path = "/target/" + b.path[len("target:") :] if b.path.startswith("target:") else b.path
-            try:
-                ((root, (rel,)),) = split_guest_paths([path], roots).items()
-            except TaskError:
-                continue  # not in a folder we copy to
-            if (roots[root] / rel).is_file():
-                out.append(path)
-    return out
-
-
-def bring_runs_home_after(conn: Any, settings: Any, before: set[str]) -> TaskError | None:
-    """bring_runs_home, with a failure said rather than raised (and returned)."""
-    return _quietly(
-        "results did not all come back from the guest",
-        lambda: bring_runs_home(conn, settings, before),
-    )
-
-
-GUEST_TESTS = "/work/binaries/tests"
-
-
-def bring_tests_home_after(conn: Any, settings: Any, as_root: bool) -> TaskError | None:
-    """Pull what the test binaries wrote next to themselves into the host work dir's
-    binaries/tests (the binaries themselves are unchanged, so they stay)."""
-
-    def action() -> None:
-        if as_root:
-            claim(conn, settings.ssh_user, [GUEST_TESTS])
-        home = settings.work_dir / "binaries" / "tests"
-        done = pull(conn, GUEST_TESTS, home, root=settings.work_dir)
-        if done.files:
-            say(f"copied from the guest: {done.describe()}")
-        if done.failed:
-            raise SyncError("cannot read " + "; ".join(done.failed[:10]))
-
-    return _quietly("test output did not all come back from the guest", action)

@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import temp_beside
+from ..settings import host_arch
 from . import qemu
-from .files import temp_beside
 from .images import BaseImage, serial_console
-from .settings import host_arch
 
 
 class Accel(enum.StrEnum):

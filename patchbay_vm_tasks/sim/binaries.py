@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .downloads import download
-from .errors import TaskError, UsageError
-from .files import copy_executable
+from ..downloads import download
+from ..errors import TaskError, UsageError
+from ..files import copy_executable
+from ..simcore import model, reader
+from ..simcore.model import SimError
+from .inputs import show_path
 from .runner import HTTP_TIMEOUT, extract_member, run_checked
-from .simcore import model, reader
-from .simcore.model import SimError
-from .simfiles import show_path
 
 OVERRIDE_MODES = ("path", "fetch", "build")
 SIM_MODES = ("path", "fetch", "build", "target")

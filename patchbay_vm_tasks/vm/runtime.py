@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import TaskError
+from ..settings import VmSettings
 from . import openssh, qemu
-from .errors import TaskError
-from .settings import VmSettings
 from .state import StateDir
 
 if TYPE_CHECKING:

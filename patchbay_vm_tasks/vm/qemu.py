@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
-from .errors import VmUnavailable
+from ..errors import VmUnavailable
 from .firmware import Pflash
 from .images import BaseImage
 

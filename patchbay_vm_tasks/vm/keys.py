@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import write_atomic
+from ..files import write_atomic
 
 # Private keys, and the seed ISO that holds the guest's host key: the user's alone.
 PRIVATE_MODE = 0o600

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import VmUnavailable
+from ..settings import VmSettings
+from ..ui import say, spinner, warn
 from . import (
     boot,
     guest,
@@ -18,11 +21,8 @@ from . import (
     savedstate,
     shares,
 )
-from .errors import VmUnavailable
 from .images import BaseImage
-from .settings import VmSettings
 from .state import StateDir
-from .ui import say, spinner, warn
 
 RESUME_ARGS = savedstate.RESUME_ARGS
 

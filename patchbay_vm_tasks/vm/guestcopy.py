@@ -9,14 +9,14 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import TaskError, UsageError, VmUnavailable
+from ..settings import VmSettings
 from . import (
     guest,
     lifecycle,
     openssh,
     runtime,
 )
-from .errors import TaskError, UsageError, VmUnavailable
-from .settings import VmSettings
 
 if TYPE_CHECKING:
     import fabric

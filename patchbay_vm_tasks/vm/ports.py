@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
-from .errors import VmUnavailable
-from .ui import say
+from ..errors import VmUnavailable
+from ..ui import say
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

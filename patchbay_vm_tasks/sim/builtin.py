@@ -14,11 +14,11 @@ import os
 import zipfile
 from pathlib import Path
 
-from . import __version__
-from .files import executable_beside
+from .. import __version__, packagedata
+from ..files import executable_beside
 
-PACKAGE = Path(__file__).resolve().parent
-BUNDLED = ("simcore", "simrunner")
+PACKAGE = packagedata.path()
+BUNDLED = packagedata.GUEST_PACKAGES
 # Exit code of the entry point when the guest's python3 is too old: the runner is
 # unavailable there, as with a pinned runner that cannot be had (SPEC 9.15).
 EXIT_OLD_PYTHON = 69

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import VmUnavailable
+from ..errors import VmUnavailable
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_CONF_DIR = Path("/usr/lib/binfmt.d")  # where qemu-user-static puts its entries

@@ -16,13 +16,13 @@ import secrets
 import signal
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import invoke
 
-from . import guest
-from .errors import VmUnavailable
-from .ui import say, warn
+from .. import packagedata
+from ..errors import VmUnavailable
+from ..ui import say, warn
+from ..vm import guest
 
 EXIT_INTERRUPTED = 130
 RUN_ID_VAR = "PATCHBAY_HOST_RUN_ID"
@@ -37,7 +37,7 @@ def interrupt_argv(run_id: str) -> list[str]:
     """argv (run as root in the guest) that sends SIGINT to the runner started with
     `run_id` in its environment; only the runner, so that it stops its children in order.
     The guest side is `simrunner/stop.py`, sent as text: it needs only the guest's python3."""
-    source = (Path(__file__).parent / "simrunner" / "stop.py").read_text(encoding="utf-8")
+    source = packagedata.read_text(packagedata.GUEST_STOPPER)
     return ["python3", "-I", "-S", "-c", source, f"{RUN_ID_VAR}={run_id}"]
 
 

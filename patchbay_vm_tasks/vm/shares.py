@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import VmUnavailable
+from ..errors import VmUnavailable
+from ..ui import say
 from .qemu import Share
-from .ui import say
 
 VIRTIOFSD_PLACES = (
     "/usr/libexec/virtiofsd",

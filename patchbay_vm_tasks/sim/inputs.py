@@ -10,11 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import files, workdir
-from .errors import UsageError
-from .simcore import reader, tomlfiles
-from .simcore.limits import shorten
-from .simcore.model import SimError
+from .. import files
+from ..errors import UsageError
+from ..simcore import reader, tomlfiles
+from ..simcore.limits import shorten
+from ..simcore.model import SimError
+from . import workdir
 
 GUEST_APP = "/app"
 GUEST_RUNNER = "/work/.patchbay-bin/patchbay"
