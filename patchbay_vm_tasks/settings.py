@@ -65,6 +65,13 @@ def default_qemu_bin(arch: str) -> str:
     return "qemu-system-aarch64" if arch == "arm64" else "qemu-system-x86_64"
 
 
+# Where the guest sees the project, the cargo target dir and the work dir (SPEC 5); the
+# one place these names are written (mounts() pairs them with the host's folders).
+GUEST_APP = "/app"
+GUEST_TARGET = "/target"
+GUEST_WORK = "/work"
+
+
 @dataclass(frozen=True)
 class VmSettings:
     """Everything a VM task needs to know, resolved once."""
@@ -99,9 +106,9 @@ class VmSettings:
     def mounts(self) -> list[tuple[str, Path, str]]:
         """(guest path, host path, access) of the three shares (SPEC 5)."""
         return [
-            ("/app", self.project_dir, "ro"),
-            ("/target", self.target_dir, "ro"),
-            ("/work", self.work_dir, "rw"),
+            (GUEST_APP, self.project_dir, "ro"),
+            (GUEST_TARGET, self.target_dir, "ro"),
+            (GUEST_WORK, self.work_dir, "rw"),
         ]
 
     def asked_for(self) -> dict[str, Any]:
