@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 import venv
 import zipfile
@@ -206,3 +207,63 @@ def test_every_data_file_is_found_where_the_package_is(kind: str, request) -> No
     out = consumer.run("python", "-c", code, cwd=cwd)
     assert out.returncode == 0, out.stderr
     assert str(REPO) not in out.stdout  # its own copy, not this checkout
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sdist")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--outdir", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (found,) = out.glob("patchbay_vm_tasks-*.tar.gz")
+    return found
+
+
+def test_sdist_holds_what_its_tests_need(sdist: Path) -> None:
+    with tarfile.open(sdist) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    for needed in (
+        "tests/conftest.py",
+        "tests/vmfixtures.py",
+        "tests/fixtures/fake-qemu",
+        "tests/fixtures/testcrate/Cargo.toml",
+        "sims/iperf-baseline.toml",
+        "recipes/setup-debian.sh",
+        "recipes/github-actions.yml",
+        "docs/how-it-works.md",
+        "CONTRIBUTING.md",
+        "cloud-init/user-data.yaml",
+        "tasks.py",
+        "LICENSE-MIT",
+        "LICENSE-APACHE",
+        "patchbay_vm_tasks/py.typed",
+    ):
+        assert needed in names, needed
+    assert not [n for n in names if "__pycache__" in n or n.startswith("benchmarks/results/")]
+
+
+def test_wheel_says_what_it_is(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        (meta_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = zf.read(meta_name).decode()
+    fields = [line.split(": ", 1) for line in meta.split("\n\n", 1)[0].splitlines() if ": " in line]
+    values: dict[str, list[str]] = {}
+    for key, value in fields:
+        values.setdefault(key, []).append(value)
+    assert values["License-Expression"] == ["MIT OR Apache-2.0"]
+    assert sorted(values["License-File"]) == ["LICENSE-APACHE", "LICENSE-MIT"]
+    assert "Typing :: Typed" in values["Classifier"]
+    assert "Operating System :: MacOS" in values["Classifier"]
+    assert values["Keywords"] and values["Author"]
+    requires = " ".join(values["Requires-Dist"])
+    for dep in ("invoke", "fabric", "paramiko", "cryptography", "pycdlib", "rich"):
+        assert dep in requires, dep
+    assert "patchbay_vm_tasks/py.typed" in names
+    assert {n.rsplit("/", 1)[-1] for n in names if "/licenses/" in n} >= {
+        "LICENSE-MIT",
+        "LICENSE-APACHE",
+    }
