@@ -64,9 +64,11 @@ def corpus_path() -> Path:
     return (Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay").resolve()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def corpus_dir() -> Path:
-    """The sim corpus folder; skips the test with a one-line reason when it is absent."""
+    """The sim corpus folder; skips the test with a one-line reason when it is absent.
+    Every test that reads the corpus asks for it here (module and session fixtures too:
+    it is session-scoped), so that a lone clone skips them instead of failing."""
     path = corpus_path()
     if not path.is_dir():
         pytest.skip(CORPUS_SKIP)

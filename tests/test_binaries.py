@@ -17,8 +17,6 @@ from patchbay_vm_tasks.errors import TaskError, UsageError
 from patchbay_vm_tasks.sim import binaries
 from patchbay_vm_tasks.sim.binaries import BinarySpec
 
-# The compatibility corpus lies beside the repo, in shared/; it is read, never copied.
-CORPUS = (Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay").resolve()
 MUSL = "x86_64-unknown-linux-musl"
 
 
@@ -140,33 +138,33 @@ def test_merge_overrides_win() -> None:
 
 # ── sim-declared entries ─────────────────────────────────────────────────────
 
-IROH_SIMS = sorted((CORPUS / "sims").glob("iroh-*.toml"))
 
-
-def test_corpus_iroh_sims_get_binaries_from_iroh_defaults() -> None:
-    assert len(IROH_SIMS) == 4
-    specs = binaries.collect_sim_binaries(IROH_SIMS)
+def test_corpus_iroh_sims_get_binaries_from_iroh_defaults(corpus_dir: Path) -> None:
+    iroh_sims = sorted((corpus_dir / "sims").glob("iroh-*.toml"))
+    assert len(iroh_sims) == 4
+    specs = binaries.collect_sim_binaries(iroh_sims)
     assert specs == {
         "transfer": BinarySpec("transfer", "target", example="transfer"),
         "relay": BinarySpec("relay", "target", bin="iroh-relay"),
     }
-    assert specs["relay"].origin == str(CORPUS / "iroh-defaults.toml")
+    assert specs["relay"].origin == str(corpus_dir / "iroh-defaults.toml")
     # mode = "target": the runner finds them in /target itself, nothing to build here.
     assert binaries.build_entries(specs) == []
 
 
-def test_corpus_iperf_sims_declare_nothing() -> None:
-    sims = sorted((CORPUS / "sims").glob("iperf-*.toml")) + sorted(
-        (CORPUS / "ui-fixtures").glob("*.toml")
+def test_corpus_iperf_sims_declare_nothing(corpus_dir: Path) -> None:
+    sims = sorted((corpus_dir / "sims").glob("iperf-*.toml")) + sorted(
+        (corpus_dir / "ui-fixtures").glob("*.toml")
     )
+    assert sims
     assert binaries.collect_sim_binaries(sims) == {}
 
 
-def test_corpus_extends_from_a_copy_elsewhere(tmp_path: Path) -> None:
+def test_corpus_extends_from_a_copy_elsewhere(tmp_path: Path, corpus_dir: Path) -> None:
     # A sim of ours that extends the corpus file by absolute path.
     sim = write(
         tmp_path / "sims" / "mine.toml",
-        f'[[extends]]\nfile = "{CORPUS / "iroh-defaults.toml"}"\n\n'
+        f'[[extends]]\nfile = "{corpus_dir / "iroh-defaults.toml"}"\n\n'
         '[[binary]]\nname = "relay"\npath = "bin/relay"\n',
     )
     specs = binaries.sim_binaries(sim)
@@ -352,12 +350,12 @@ def test_conflicting_declarations_across_sims(
 
 
 def test_corpus_iroh_sim_conflicts_with_own_sim(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corpus_dir: Path
 ) -> None:
     mine = write(tmp_path / "mine.toml", "[[binary]]\nname = 'transfer'\npath = 'my/transfer'\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UsageError, match="'transfer' is declared differently by .*iroh-1to1-nat"):
-        binaries.collect_sim_binaries([CORPUS / "sims" / "iroh-1to1-nat.toml", mine])
+        binaries.collect_sim_binaries([corpus_dir / "sims" / "iroh-1to1-nat.toml", mine])
 
 
 # ── host builds of sim entries ───────────────────────────────────────────────

@@ -12,8 +12,7 @@ import pytest
 from patchbay_vm_tasks.errors import UsageError
 from patchbay_vm_tasks.sim import inputs
 
-# The compatibility corpus lies beside the repo, in shared/; it is read, never copied.
-CORPUS = (Path(__file__).resolve().parents[2] / "shared" / "sims-from-patchbay").resolve()
+# The compatibility corpus's sims/ folder (the corpus_dir fixture finds it).
 CORPUS_SIMS = [
     "iperf-1to1-public.toml",
     "iperf-1to1-udp.toml",
@@ -35,20 +34,22 @@ def write(path: Path, text: str = SIM) -> Path:
 # ── expand_sim_args ──────────────────────────────────────────────────────────
 
 
-def test_corpus_folder_expands_sorted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(CORPUS)
-    sims = inputs.expand_sim_args(["sims"], CORPUS)
+def test_corpus_folder_expands_sorted(monkeypatch: pytest.MonkeyPatch, corpus_dir: Path) -> None:
+    monkeypatch.chdir(corpus_dir)
+    sims = inputs.expand_sim_args(["sims"], corpus_dir)
     assert [p.name for p in sims] == CORPUS_SIMS
     assert all(p.is_absolute() for p in sims)
 
 
-def test_files_and_folders_mix_without_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(CORPUS)
+def test_files_and_folders_mix_without_duplicates(
+    monkeypatch: pytest.MonkeyPatch, corpus_dir: Path
+) -> None:
+    monkeypatch.chdir(corpus_dir)
     sims = inputs.expand_sim_args(
-        ["ui-fixtures/ping-e2e.toml", "ui-fixtures", str(CORPUS / "sims/iroh-1to1-nat.toml")],
-        CORPUS,
+        ["ui-fixtures/ping-e2e.toml", "ui-fixtures", str(corpus_dir / "sims/iroh-1to1-nat.toml")],
+        corpus_dir,
     )
-    assert [p.relative_to(CORPUS).as_posix() for p in sims] == [
+    assert [p.relative_to(corpus_dir).as_posix() for p in sims] == [
         "ui-fixtures/ping-e2e.toml",
         "ui-fixtures/iperf-e2e.toml",
         "sims/iroh-1to1-nat.toml",
@@ -77,7 +78,7 @@ def _outside_symlink(tmp_path: Path) -> str:
     ("make_arg", "message"),
     [
         (lambda t: str(t / "ws" / "nope.toml"), "does not exist; check the --file value"),
-        (lambda t: str(CORPUS / "sims" / "iroh-1to1-nat.toml"), "lies outside the workspace"),
+        (lambda t: str(write(t / "elsewhere" / "sim.toml")), "lies outside the workspace"),
         (_outside_symlink, "lies outside the workspace"),
         (
             lambda t: str((t / "ws" / "empty").mkdir(parents=True) or t / "ws" / "empty"),
@@ -160,9 +161,9 @@ def test_guest_sim_path_outside(tmp_path: Path) -> None:
         inputs.guest_sim_path(tmp_path.parent / "x.toml", tmp_path)
 
 
-def test_guest_paths_of_corpus() -> None:
-    sims = inputs.expand_sim_args([str(CORPUS / "sims")], CORPUS)
-    assert [inputs.guest_sim_path(p, CORPUS) for p in sims] == [
+def test_guest_paths_of_corpus(corpus_dir: Path) -> None:
+    sims = inputs.expand_sim_args([str(corpus_dir / "sims")], corpus_dir)
+    assert [inputs.guest_sim_path(p, corpus_dir) for p in sims] == [
         f"/app/sims/{name}" for name in CORPUS_SIMS
     ]
 

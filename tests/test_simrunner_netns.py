@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS_SKIP, corpus_path
 
 pytestmark = [
     pytest.mark.netns,
@@ -443,10 +442,8 @@ def netem() -> bool:
 
 
 @pytest.fixture(scope="module")
-def passing(tmp_path_factory: pytest.TempPathFactory, netem: bool) -> Run:
-    corpus = corpus_path()
-    if not corpus.is_dir():
-        pytest.skip(CORPUS_SKIP)
+def passing(tmp_path_factory: pytest.TempPathFactory, netem: bool, corpus_dir: Path) -> Run:
+    corpus = corpus_dir
     own = tmp_path_factory.mktemp("own-sims")
     sims = [
         corpus / "ui-fixtures" / "iperf-e2e.toml",
