@@ -2,6 +2,8 @@
 
 Overrides are staged into <work>/binaries/ (guest /work/binaries/); sim entries that need
 a build are built on the host into the cargo target dir (guest /target) (SPEC 6.3, 6.4).
+The modes are simcore's `BinaryMode`; where a `target:` path and a build lie in the
+target dir is simcore's `targetpaths`, the rule the guest runner follows too.
 """
 
 from __future__ import annotations
@@ -21,13 +23,11 @@ from urllib.parse import urlsplit
 from ..downloads import download
 from ..errors import TaskError, UsageError
 from ..files import copy_executable
-from ..simcore import model, reader
-from ..simcore.model import SimError
+from ..simcore import model, reader, targetpaths
+from ..simcore.model import OVERRIDE_MODES, BinaryMode, SimError
 from .inputs import show_path
 from .runner import HTTP_TIMEOUT, extract_member, run_checked
 
-OVERRIDE_MODES = ("path", "fetch", "build")
-SIM_MODES = ("path", "fetch", "build", "target")
 GUEST_BINARIES = "/work/binaries"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _OVERRIDE_HELP = "use NAME:MODE:VALUE with MODE path, fetch or build"
@@ -39,11 +39,11 @@ Runner = Callable[..., subprocess.CompletedProcess]
 class BinarySpec:
     """One binary: a `--binary` override or a sim's `[[binary]]` entry.
 
-    mode: path | fetch | build | target. value: the file, URL or project dir ("" if none).
+    value: the file, URL or project dir ("" if none).
     """
 
     name: str
-    mode: str
+    mode: BinaryMode
     value: str = ""
     example: str | None = None
     bin: str | None = None
@@ -81,7 +81,7 @@ def parse_override(text: str) -> BinarySpec:
     if not sep2 or not value:
         raise UsageError(f"--binary {text!r}: missing value; {_OVERRIDE_HELP}")
     _check_name(name, f"--binary {text!r}")
-    return BinarySpec(name=name, mode=mode, value=value, origin="--binary")
+    return BinarySpec(name=name, mode=BinaryMode(mode), value=value, origin="--binary")
 
 
 def parse_overrides(texts: list[str]) -> dict[str, BinarySpec]:
@@ -95,6 +95,11 @@ def parse_overrides(texts: list[str]) -> dict[str, BinarySpec]:
             )
         out[spec.name] = spec
     return out
+
+
+def runner_arg(name: str, guest_path: str) -> str:
+    """The runner's `--binary` value for a file in the guest: NAME:path:GUEST_PATH."""
+    return f"{name}:{BinaryMode.PATH}:{guest_path}"
 
 
 def merge(
@@ -112,7 +117,7 @@ def _usage(err: SimError) -> UsageError:
     return UsageError(str(err))
 
 
-def infer_mode(entry: Mapping[str, Any], source: Path | str | None = None) -> str:
+def infer_mode(entry: Mapping[str, Any], source: Path | str | None = None) -> BinaryMode:
     """Mode of a `[[binary]]` entry: explicit, else path -> path, url -> fetch,
     repo/example/bin -> build."""
     where = show_path(Path(source)) if source else "<sim>"
@@ -183,7 +188,7 @@ def build_entries(
     out = []
     for name in sorted(sim_specs):
         spec = sim_specs[name]
-        if name in overrides or spec.mode != "build":
+        if name in overrides or spec.mode != BinaryMode.BUILD:
             continue
         if spec.repo:
             raise UsageError(
@@ -242,13 +247,9 @@ def cargo_build_argv(
     return argv
 
 
-def _release_subpath(target: str, what: str, name: str) -> str:
-    return f"{target}/release/examples/{name}" if what == "example" else f"{target}/release/{name}"
-
-
 def guest_target_path(spec: BinarySpec, target: str, kind: str | None = None) -> str:
     """Where the built entry is in the guest: /target/<musl>/release/[examples/]NAME."""
-    return "/target/" + _release_subpath(target, *artifact(spec, kind))
+    return "/target/" + targetpaths.release_path(target, *artifact(spec, kind))
 
 
 def cargo_metadata_argv(project: Path) -> list[str]:
@@ -305,7 +306,7 @@ def _cargo_build(
     """Build one entry with cargo into target_dir; the built file."""
     argv = cargo_build_argv(spec, target, workspace, target_dir=target_dir, kind=kind)
     run_checked(run, argv, f"building {spec.name}")
-    built = target_dir / _release_subpath(target, *artifact(spec, kind))
+    built = target_dir / targetpaths.release_path(target, *artifact(spec, kind))
     if not built.is_file():
         raise TaskError(f"cargo built {spec.name} but {built} is missing")
     return built
@@ -332,7 +333,7 @@ def build_sim_binaries(
                     f"example or bin named {spec.name}; set example = or bin = in the entry"
                 )
         _cargo_build(spec, target, workspace, target_dir, kind, run)
-        out.append(f"{spec.name}:path:{guest_target_path(spec, target, kind)}")
+        out.append(runner_arg(spec.name, guest_target_path(spec, target, kind)))
     return out
 
 
@@ -350,17 +351,9 @@ def _user_path(value: str, workspace: Path) -> Path:
 
 
 def resolve_target_path(value: str, target_dir: Path, target: str) -> Path:
-    """`target:REST` relative to the cargo target dir. `target:examples/NAME` and
-    `target:bin/NAME` are the runner's shortcuts: <target>/release/... first, then release/."""
-    rest = value[len("target:") :]
-    kind, _, name = rest.partition("/")
-    if kind in ("examples", "bin") and name and "/" not in name:
-        sub = f"examples/{name}" if kind == "examples" else name
-        for cand in (target_dir / target / "release" / sub, target_dir / "release" / sub):
-            if cand.exists():
-                return cand
-        return target_dir / target / "release" / sub
-    return target_dir / rest
+    """`target:REST` in the host's cargo target dir (targetpaths.resolve: the shortcuts
+    `target:examples/NAME` and `target:bin/NAME` look in <target>/release/, then release/)."""
+    return target_dir / targetpaths.resolve(value, target, lambda rel: (target_dir / rel).exists())
 
 
 def fetch_cache_path(url: str) -> Path:
@@ -404,8 +397,8 @@ def stage_override(
     `--binary` value NAME:path:/work/binaries/NAME."""
     dest = work_dir / "binaries" / spec.name
     flag = f"--binary {spec.name}:{spec.mode}:{spec.value}"
-    if spec.mode == "path":
-        if spec.value.startswith("target:"):
+    if spec.mode == BinaryMode.PATH:
+        if targetpaths.is_target_path(spec.value):
             src = resolve_target_path(spec.value, target_dir, target)
         else:
             src = _user_path(spec.value, workspace)
@@ -414,7 +407,7 @@ def stage_override(
         if src.is_dir():
             raise UsageError(f"{flag}: {src} is a directory; give the binary file inside it")
         _stage_copy(src, dest)
-    elif spec.mode == "fetch":
+    elif spec.mode == BinaryMode.FETCH:
         if urlsplit(spec.value).scheme not in ("http", "https"):
             raise UsageError(f"{flag}: fetch needs an http:// or https:// URL")
         cached = fetch_cache_path(spec.value)
@@ -424,7 +417,7 @@ def stage_override(
             extract_member(cached, None, dest)
         else:
             _stage_copy(cached, dest)
-    elif spec.mode == "build":
+    elif spec.mode == BinaryMode.BUILD:
         project = _user_path(spec.value, workspace)
         if not project.is_dir():
             raise UsageError(f"{flag}: {project} is not a directory; give a cargo project folder")
@@ -437,11 +430,11 @@ def stage_override(
                 "name the override after one"
             )
         out_dir = Path(meta.get("target_directory") or project / "target")
-        local = BinarySpec(name=spec.name, mode="build", value=str(project))
+        local = BinarySpec(name=spec.name, mode=BinaryMode.BUILD, value=str(project))
         _stage_copy(_cargo_build(local, target, project, out_dir, kind, run), dest)
     else:
         raise UsageError(f"{flag}: unknown mode {spec.mode!r}; {_OVERRIDE_HELP}")
-    return f"{spec.name}:path:{GUEST_BINARIES}/{spec.name}"
+    return runner_arg(spec.name, f"{GUEST_BINARIES}/{spec.name}")
 
 
 def prepare_binary_args(

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TaskError
+from ..simcore import reader, targetpaths
+from ..simcore.model import BinaryMode, SimError
 from ..ui import say, warn
 from ..vm import guest
 from ..vm.sync import (
@@ -24,6 +26,7 @@ from ..vm.sync import (
     split_guest_paths,
     stage,
 )
+from .runner import musl_target_for
 from .workdir import RUN_DIR, runs_to_prune
 
 
@@ -33,7 +36,7 @@ def binary_arg_paths(binary_args: Iterable[str]) -> list[str]:
     for arg in binary_args:
         _name, _, rest = arg.partition(":")
         mode, _, value = rest.partition(":")
-        if mode == "path" and value.startswith("/"):
+        if mode == BinaryMode.PATH and value.startswith("/"):
             out.append(value)
     return out
 
@@ -131,17 +134,18 @@ def stage_sim_run(
         for p in inputs.sim_inputs(list(sims), settings.project_dir)
     ]
     needed += binary_arg_paths(binary_args)
-    needed += sim_binary_paths(sims, roots_of(settings))
+    needed += sim_binary_paths(sims, roots_of(settings), musl_target_for(settings.arch))
     stage(conn, settings, needed)
     return guest_runs(conn)
 
 
-def sim_binary_paths(sims: Sequence[Path], roots: Mapping[str, Path]) -> list[str]:
+def sim_binary_paths(
+    sims: Sequence[Path], roots: Mapping[str, Path], target: str | None = None
+) -> list[str]:
     """Guest paths of the sims' own `path` binaries (`/app/...`, `/work/...`,
-    `target:...`) whose host file exists; the runner resolves those itself."""
-    from ..simcore import reader
-    from ..simcore.model import SimError
-
+    `target:...`) whose host file exists; the runner resolves those itself, a `target:`
+    path as targetpaths.resolve says (target: the guest's musl triple; None: look in
+    release/ only)."""
     out = []
     for sim in sims:
         try:
@@ -149,9 +153,9 @@ def sim_binary_paths(sims: Sequence[Path], roots: Mapping[str, Path]) -> list[st
         except SimError:
             continue
         for b in declared:
-            if b.mode != "path" or not b.path:
+            if b.mode != BinaryMode.PATH or not b.path:
                 continue
-            path = "/target/" + b.path[len("target:") :] if b.path.startswith("target:") else b.path
+            path = _guest_path(b.path, roots, target)
             try:
                 ((root, (rel,)),) = split_guest_paths([path], roots).items()
             except TaskError:
@@ -159,6 +163,18 @@ def sim_binary_paths(sims: Sequence[Path], roots: Mapping[str, Path]) -> list[st
             if (roots[root] / rel).is_file():
                 out.append(path)
     return out
+
+
+def _guest_path(value: str, roots: Mapping[str, Path], target: str | None) -> str:
+    """A sim binary's path in the guest: a `target:` path where the host's copy of the
+    guest's /target holds it."""
+    if not targetpaths.is_target_path(value):
+        return value
+    host = roots.get("/target")
+    rel = targetpaths.resolve(
+        value, target or "", lambda rel: host is not None and (host / rel).is_file()
+    )
+    return f"/target/{rel}"
 
 
 def bring_runs_home_after(conn: Any, settings: Any, before: set[str]) -> TaskError | None:

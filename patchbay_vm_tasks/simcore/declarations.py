@@ -26,7 +26,7 @@ from .tomlfiles import expand_user, is_file, places_near, read_toml, resolve, sh
 
 SimError = model.SimError
 
-BINARY_MODES = ("path", "fetch", "build", "target")
+BINARY_MODES = tuple(model.BinaryMode)
 
 _BINARY_STRINGS = ("path", "url", "repo", "commit", "example", "bin")
 
@@ -47,7 +47,9 @@ class Defs:
         self.groups.update(other.groups)
 
 
-def infer_binary_mode(entry: dict[str, Any], path: str = "<sim>", key: str = "binary") -> str:
+def infer_binary_mode(
+    entry: dict[str, Any], path: str = "<sim>", key: str = "binary"
+) -> model.BinaryMode:
     """Mode of a `[[binary]]` table: explicit, else path -> path, url -> fetch,
     repo/example/bin -> build; no source is an error."""
     mode = entry.get("mode")
@@ -56,13 +58,13 @@ def infer_binary_mode(entry: dict[str, Any], path: str = "<sim>", key: str = "bi
             raise SimError(
                 path, f"{key}.mode", f"unknown mode {mode!r}; use one of {', '.join(BINARY_MODES)}"
             )
-        return mode
+        return model.BinaryMode(mode)
     if entry.get("path"):
-        return "path"
+        return model.BinaryMode.PATH
     if entry.get("url"):
-        return "fetch"
+        return model.BinaryMode.FETCH
     if entry.get("repo") or entry.get("example") or entry.get("bin"):
-        return "build"
+        return model.BinaryMode.BUILD
     raise SimError(path, key, "has no source; give it path, url, repo, example or bin")
 
 
@@ -177,9 +179,9 @@ def _binary(tr: TableReader, entry: Any, path: str, index: int) -> model.Binary:
     if not isinstance(all_features, bool):
         raise SimError(path, f"{key}.all-features", "all-features must be true or false")
     fields = {k: tr.opt_string(entry, k, path, key) for k in _BINARY_STRINGS}
-    if mode == "path" and not fields["path"]:
+    if mode == model.BinaryMode.PATH and not fields["path"]:
         raise SimError(path, key, 'mode = "path" needs path = "FILE"')
-    if mode == "fetch" and not fields["url"]:
+    if mode == model.BinaryMode.FETCH and not fields["url"]:
         raise SimError(path, key, 'mode = "fetch" needs url = "https://..."')
     repo = fields["repo"]
     return model.Binary(

@@ -97,12 +97,26 @@ class Topology:
     regions: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+class BinaryMode(enum.StrEnum):
+    """How a binary is had (SIM-FORMAT "Binaries"): the one definition of the modes, for
+    `[[binary]]` entries, the host's `--binary` and the builtin runner's `--binary`."""
+
+    PATH = "path"  # a file (`target:` = in the cargo target dir, targetpaths.py)
+    FETCH = "fetch"  # a URL: a binary or a .tar.gz
+    BUILD = "build"  # a cargo project, built on the host
+    TARGET = "target"  # `example`/`bin` already built in the cargo target dir
+
+
+# What sim.run's `--binary NAME:MODE:VALUE` takes (`target` is a sim entry's mode only).
+OVERRIDE_MODES = (BinaryMode.PATH, BinaryMode.FETCH, BinaryMode.BUILD)
+
+
 @dataclass(frozen=True)
 class Binary:
-    """A `[[binary]]` entry. mode: path | fetch | build | target (inferred when absent)."""
+    """A `[[binary]]` entry; `mode` is inferred when the entry gives none."""
 
     name: str
-    mode: str
+    mode: BinaryMode
     path: str | None = None
     url: str | None = None
     repo: str | None = None

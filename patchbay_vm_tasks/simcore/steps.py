@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import model
+from . import model, targetpaths
+from .model import BinaryMode
 
 
 class StepError(Exception):
@@ -40,7 +41,7 @@ class BinaryOverride:
     """`--binary NAME:MODE:VALUE` from the command line."""
 
     name: str
-    mode: str
+    mode: BinaryMode
     value: str
 
 
@@ -50,9 +51,9 @@ def parse_binary_override(text: str) -> BinaryOverride:
     if len(parts) != 3 or not all(parts):
         raise ValueError(f"--binary {text!r}: expected NAME:MODE:VALUE")
     name, mode, value = parts
-    if mode not in ("path", "fetch", "build", "target"):
+    if mode not in tuple(BinaryMode):
         raise ValueError(f"--binary {text!r}: mode must be path, fetch, build or target")
-    return BinaryOverride(name, mode, value)
+    return BinaryOverride(name, BinaryMode(mode), value)
 
 
 def musl_triple(machine: str | None = None) -> str:
@@ -62,20 +63,14 @@ def musl_triple(machine: str | None = None) -> str:
     return f"{machine}-unknown-linux-musl"
 
 
-def _target_candidates(target_dir: str, rel: str, machine: str | None) -> list[str]:
+def _target_candidates(target_dir: str, kind: str, name: str, machine: str | None) -> list[str]:
     """Where a target-mode artifact may lie: the musl triple first, then any triple, then host."""
-    first = os.path.join(target_dir, musl_triple(machine), "release", rel)
-    out = [first]
     try:
-        triples = sorted(os.listdir(target_dir))
+        triples = sorted(t for t in os.listdir(target_dir) if t != "release")
     except OSError:
         triples = []
-    for triple in triples:
-        cand = os.path.join(target_dir, triple, "release", rel)
-        if cand != first and triple != "release":
-            out.append(cand)
-    out.append(os.path.join(target_dir, "release", rel))
-    return out
+    rels = targetpaths.artifact_candidates(kind, name, musl_triple(machine), triples)
+    return [os.path.join(target_dir, rel) for rel in rels]
 
 
 def resolve_binaries(
@@ -98,20 +93,20 @@ def resolve_binaries(
     for name in sorted(set(binaries) | set(by_name)):
         if name in by_name:
             o = by_name[name]
-            if o.mode != "path":
+            if o.mode != BinaryMode.PATH:
                 missing[name] = (
                     f"--binary {name}:{o.mode}:... cannot be resolved by the builtin runner "
                     f"(only path mode; the host stages the others)"
                 )
                 continue
-            paths[name] = _path_value(o.value, target_dir)
+            paths[name] = _path_value(o.value, target_dir, exists, machine)
             continue
         b = binaries[name]
-        if b.mode == "path" and b.path:
-            paths[name] = _path_value(b.path, target_dir)
-        elif b.mode == "target" and (b.example or b.bin):
-            rel = os.path.join("examples", b.example) if b.example else b.bin
-            cands = _target_candidates(target_dir, rel, machine)
+        if b.mode == BinaryMode.PATH and b.path:
+            paths[name] = _path_value(b.path, target_dir, exists, machine)
+        elif b.mode == BinaryMode.TARGET and (b.example or b.bin):
+            kind, artifact = ("example", b.example) if b.example else ("bin", b.bin)
+            cands = _target_candidates(target_dir, kind, artifact, machine)
             found = next((c for c in cands if exists(c)), None)
             if found:
                 paths[name] = found
@@ -125,10 +120,15 @@ def resolve_binaries(
     return paths, missing
 
 
-def _path_value(value: str, target_dir: str) -> str:
-    # `target:` prefix = relative to the cargo target dir (SIM-FORMAT, binaries).
-    if value.startswith("target:"):
-        return os.path.join(target_dir, value[len("target:") :])
+def _path_value(
+    value: str, target_dir: str, exists: Callable[[str], bool], machine: str | None
+) -> str:
+    # `target:` prefix = in the cargo target dir (SIM-FORMAT, binaries; targetpaths.py).
+    if targetpaths.is_target_path(value):
+        rel = targetpaths.resolve(
+            value, musl_triple(machine), lambda rel: exists(os.path.join(target_dir, rel))
+        )
+        return os.path.join(target_dir, rel)
     return value
 
 
