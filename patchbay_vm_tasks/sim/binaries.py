@@ -14,7 +14,7 @@ import json
 import re
 import stat
 import subprocess
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from ..errors import TaskError, UsageError
 from ..files import copy_executable
 from ..simcore import model, reader, targetpaths
 from ..simcore.model import OVERRIDE_MODES, BinaryMode, SimError
-from .inputs import show_path
+from .inputs import SimFiles, show_path, sim_files
 from .runner import HTTP_TIMEOUT, extract_member, run_checked
 
 GUEST_BINARIES = "/work/binaries"
@@ -145,24 +145,26 @@ def spec_from_binary(binary: model.Binary) -> BinarySpec:
     )
 
 
-def sim_binaries(sim_file: Path) -> dict[str, BinarySpec]:
-    """The binaries one sim sees: extends (recursively), `[sim] binaries`, then its own."""
+def sim_binaries(sim_file: Path, sims: SimFiles | None = None) -> dict[str, BinarySpec]:
+    """The binaries one sim sees: extends (recursively), `[sim] binaries`, then its own.
+    sims: the invocation's sims, which read each file once."""
     try:
-        found = reader.binaries_of(sim_file)
+        found = (sims or SimFiles([sim_file])).binaries(sim_file)
     except SimError as err:
         raise _usage(err) from None
     return {name: spec_from_binary(b) for name, b in found.items()}
 
 
 def collect_sim_binaries(
-    sim_files: list[Path], overridden: Collection[str] = ()
+    sims: SimFiles | Iterable[Path], overridden: Collection[str] = ()
 ) -> dict[str, BinarySpec]:
     """The binaries all sims declare. The same name declared differently by two sims is an
     error, unless `overridden` holds it (a `--binary` replaces both anyway)."""
+    sims = sim_files(sims)
     result: dict[str, BinarySpec] = {}
     first_sim: dict[str, Path] = {}
-    for sim in sim_files:
-        for name, spec in sim_binaries(sim).items():
+    for sim in sims:
+        for name, spec in sim_binaries(sim, sims).items():
             if name in overridden:
                 continue
             if name in result and result[name] != spec:
@@ -439,7 +441,7 @@ def stage_override(
 
 def prepare_binary_args(
     override_texts: list[str],
-    sim_files: list[Path],
+    sims: SimFiles | Iterable[Path],
     work_dir: Path,
     target: str,
     target_dir: Path,
@@ -449,7 +451,7 @@ def prepare_binary_args(
     """Everything sim.run passes as `--binary`: host builds of sim entries, then the
     staged overrides (which win over sim entries of the same name)."""
     overrides = parse_overrides(override_texts)
-    sim_specs = collect_sim_binaries(sim_files, overridden=overrides.keys())
+    sim_specs = collect_sim_binaries(sims, overridden=overrides.keys())
     args = build_sim_binaries(
         build_entries(sim_specs, overrides.keys()), target, target_dir, workspace, run
     )

@@ -1,18 +1,18 @@
-"""Sim file arguments, their guest paths, the guest command line and the results summary."""
+"""Sim file arguments (each file parsed once: `SimFiles`), their guest paths, the guest
+command line and the results summary."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import files
 from ..errors import UsageError
-from ..simcore import reader, tomlfiles
+from ..simcore import model, reader, tomlfiles
 from ..simcore.limits import shorten
 from ..simcore.model import SimError
 from . import workdir
@@ -34,6 +34,86 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise UsageError(str(err)) from None
 
 
+class SimFiles(Sequence[Path]):
+    """The sims of one invocation (the expanded `--file` list, resolved), read once.
+
+    Every file they read (themselves, extends, `[sim] binaries`, topologies) is parsed
+    the first time it is read and never again (`tomlfiles.TomlFiles`), and what is made
+    of a sim is kept: its binaries (for `binaries.py` and staging), the sim as a run reads
+    it (the builtin runner's checks) and the files that reading read (staging). Errors
+    are kept too, and raised as `SimError` where each caller asks, so each caller keeps
+    its own message and exit code. A sequence of the sims' paths.
+    """
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self.paths = list(paths)
+        self.files = tomlfiles.TomlFiles()
+        self._binaries: dict[Path, dict[str, model.Binary] | SimError] = {}
+        # (path, names) -> (the sim or its error, the files reading it read)
+        self._loaded: dict[tuple[Path, frozenset[str]], tuple[model.Sim | SimError, list]] = {}
+
+    def __getitem__(self, i):  # type: ignore[override]  (Sequence's int and slice forms)
+        return self.paths[i]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.paths)
+
+    def __repr__(self) -> str:
+        return f"SimFiles({self.paths!r})"
+
+    def toml(self, path: Path) -> dict[str, Any]:
+        """The file's TOML; an error names file, line and column."""
+        return self.files.read(path)
+
+    def binaries(self, path: Path) -> dict[str, model.Binary]:
+        """reader.binaries_of(path), worked out once."""
+        if path not in self._binaries:
+            try:
+                self._binaries[path] = reader.binaries_of(path, files=self.files)
+            except SimError as err:
+                self._binaries[path] = err
+        return _result(self._binaries[path])
+
+    def _load(self, path: Path, names: Iterable[str]) -> tuple[model.Sim | SimError, list]:
+        key = (path, frozenset(names))
+        if key not in self._loaded:
+            with tomlfiles.recording_reads() as reads:
+                try:
+                    sim: model.Sim | SimError = reader.load_sim(
+                        path, strict=False, extra_binaries=tuple(sorted(key[1])), files=self.files
+                    )
+                except SimError as err:
+                    sim = err
+            self._loaded[key] = (sim, reads)
+        return self._loaded[key]
+
+    def load(self, path: Path, extra_binaries: Iterable[str] = ()) -> model.Sim:
+        """reader.load_sim(path, strict=False, extra_binaries=...), worked out once."""
+        return _result(self._load(path, extra_binaries)[0])
+
+    def reads(self, path: Path) -> list[Path]:
+        """The files (resolved) the sim's reading as a run reads, in order (for a sim the
+        reader refuses, those read up to the error)."""
+        for (loaded, _names), (_sim, reads) in self._loaded.items():
+            if loaded == path:
+                return list(reads)  # the names given change no read, only the checks
+        return list(self._load(path, ())[1])
+
+
+def _result(value: Any) -> Any:
+    if isinstance(value, SimError):
+        raise value
+    return value
+
+
+def sim_files(sims: SimFiles | Iterable[Path]) -> SimFiles:
+    """`sims` as SimFiles: the invocation's own, or a new one for a plain list of paths."""
+    return sims if isinstance(sims, SimFiles) else SimFiles(sims)
+
+
 def _resolve(path: Path, shown: str) -> Path:
     try:
         return tomlfiles.resolve(path, shown)
@@ -51,8 +131,8 @@ def _inside(path: Path, workspace: Path, shown: str) -> Path:
     return real
 
 
-def expand_sim_args(args: list[str], workspace: Path | None) -> list[Path]:
-    """Turn --file values (files or folders of *.toml) into resolved sim paths.
+def read_sims(args: list[str], workspace: Path | None) -> SimFiles:
+    """Turn --file values (files or folders of *.toml) into the invocation's SimFiles.
 
     Relative values are taken from the cwd. Each sim must lie inside the workspace
     after symlinks are resolved (unless workspace is None: host-only use such as
@@ -96,44 +176,55 @@ def expand_sim_args(args: list[str], workspace: Path | None) -> list[Path]:
             )
             if real not in out:
                 out.append(real)
-    for sim in out:
-        load_toml(sim)
-    return out
+    sims = SimFiles(out)
+    for sim in sims:
+        try:
+            sims.toml(sim)
+        except SimError as err:
+            raise UsageError(str(err)) from None
+    return sims
 
 
-def sim_plan(path: Path, strict: bool = True) -> str:
+def expand_sim_args(args: list[str], workspace: Path | None) -> list[Path]:
+    """The resolved sim paths of --file values (read_sims)."""
+    return read_sims(args, workspace).paths
+
+
+def sim_plan(path: Path, strict: bool = True, sims: SimFiles | None = None) -> str:
     """The expanded plan of one sim as the builtin runner reads it (`sim.check`).
 
-    strict: unknown keys are errors (the Rust runner ignores them silently)."""
+    strict: unknown keys are errors (the Rust runner ignores them silently). sims: the
+    invocation's files, so that the sim is not parsed again."""
     try:
-        return reader.plan_text(reader.load_sim(path, strict=strict))
+        files = sims.files if sims is not None else None
+        return reader.plan_text(reader.load_sim(path, strict=strict, files=files))
     except SimError as err:
         raise UsageError(str(err)) from None
 
 
-def refuse_broken(paths: list[Path], binary_names: list[str]) -> None:
+def refuse_broken(paths: SimFiles | Iterable[Path], binary_names: Iterable[str]) -> None:
     """Read each sim as the builtin runner will, in a run (unknown keys only warned about
     there); what it would refuse is a UsageError now. binary_names: `--binary` overrides,
     which may supply a `${binary.X}` that no sim declares."""
-    for path in paths:
+    sims = sim_files(paths)
+    for path in sims:
         try:
-            reader.load_sim(path, strict=False, extra_binaries=tuple(binary_names))
+            sims.load(path, binary_names)
         except SimError as err:
             raise UsageError(str(err)) from None
 
 
-def sim_inputs(paths: list[Path], workspace: Path) -> list[Path]:
+def sim_inputs(paths: SimFiles | Iterable[Path], workspace: Path) -> list[Path]:
     """Every file the sims read: themselves, their `[[extends]]` and `[sim] binaries`
     files and topology files (as the reader finds them), those inside the workspace.
-    With no shared folders (QEMU_VM_FS=none) these are what /app gets a copy of."""
+    With no shared folders (QEMU_VM_FS=none) these are what /app gets a copy of.
+    A sim the reader refuses still runs (the runner reports it): the files read up to
+    that point are sent."""
+    sims = sim_files(paths)
     root = workspace.resolve()
-    with tomlfiles.recording_reads() as reads:
-        for path in paths:
-            # A sim the reader refuses still runs (the runner reports it): send the
-            # files read up to that point.
-            with contextlib.suppress(SimError):
-                reader.load_sim(path, strict=False)
-    found = [p.resolve() for p in paths] + reads
+    found = [p.resolve() for p in sims]
+    for path in sims:
+        found += sims.reads(path)
     out: list[Path] = []
     for path in found:
         if path.is_relative_to(root) and path.is_file() and path not in out:
@@ -141,9 +232,9 @@ def sim_inputs(paths: list[Path], workspace: Path) -> list[Path]:
     return out
 
 
-def check_sims(args: list[str]) -> list[Path]:
+def check_sims(args: list[str]) -> SimFiles:
     """The sims `sim.check` reads: files or folders as for sim.run, anywhere on the host."""
-    return expand_sim_args(args, None)
+    return read_sims(args, None)
 
 
 def guest_sim_path(path: Path, workspace: Path) -> str:

@@ -5,12 +5,12 @@ home (vm/sync.py does the copying)."""
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import TaskError
-from ..simcore import reader, targetpaths
+from ..simcore import targetpaths
 from ..simcore.model import BinaryMode, SimError
 from ..ui import say, warn
 from ..vm import guest
@@ -26,6 +26,8 @@ from ..vm.sync import (
     split_guest_paths,
     stage,
 )
+from . import inputs
+from .inputs import SimFiles, guest_sim_path, sim_files, sim_inputs
 from .runner import musl_target_for
 from .workdir import RUN_DIR, runs_to_prune
 
@@ -121,17 +123,15 @@ def runs_dir_is_real(work_dir: Path, name: str) -> bool:
 
 
 def stage_sim_run(
-    conn: Any, settings: Any, sims: Sequence[Path], binary_args: Sequence[str]
+    conn: Any, settings: Any, sims: SimFiles | Iterable[Path], binary_args: Iterable[str]
 ) -> set[str]:
     """Copy what a sim.run's guest command names: the runner, the sims and the files
     they read (to /app), the binaries (/work/binaries, /target). Returns the guest's run
     folders before the run, for `bring_runs_home_after`."""
-    from . import inputs
-
+    sims = sim_files(sims)
     needed = [inputs.GUEST_RUNNER]
     needed += [
-        inputs.guest_sim_path(p, settings.project_dir)
-        for p in inputs.sim_inputs(list(sims), settings.project_dir)
+        guest_sim_path(p, settings.project_dir) for p in sim_inputs(sims, settings.project_dir)
     ]
     needed += binary_arg_paths(binary_args)
     needed += sim_binary_paths(sims, roots_of(settings), musl_target_for(settings.arch))
@@ -140,16 +140,17 @@ def stage_sim_run(
 
 
 def sim_binary_paths(
-    sims: Sequence[Path], roots: Mapping[str, Path], target: str | None = None
+    sims: SimFiles | Iterable[Path], roots: Mapping[str, Path], target: str | None = None
 ) -> list[str]:
     """Guest paths of the sims' own `path` binaries (`/app/...`, `/work/...`,
     `target:...`) whose host file exists; the runner resolves those itself, a `target:`
     path as targetpaths.resolve says (target: the guest's musl triple; None: look in
     release/ only)."""
+    sims = sim_files(sims)
     out = []
     for sim in sims:
         try:
-            declared = reader.binaries_of(sim).values()
+            declared = sims.binaries(sim).values()
         except SimError:
             continue
         for b in declared:

@@ -22,7 +22,7 @@ from .format_keys import (
 )
 from .limits import MAX_EXTENDS_DEPTH, MAX_REF_CHARS, check_name, shorten
 from .tables import TableReader
-from .tomlfiles import expand_user, is_file, places_near, read_toml, resolve, show_path
+from .tomlfiles import expand_user, is_file, places_near, resolve, show_path
 
 SimError = model.SimError
 
@@ -93,8 +93,7 @@ def collect(tr: TableReader, path: Path, stack: tuple[Path, ...], full: bool) ->
     """The file's TOML and what it and its extends declare. `full`: templates, groups
     and prepare too (binaries_of only needs the binaries)."""
     shown = show_path(path)
-    tr.count_file(shown, None)
-    data = read_toml(path, shown)
+    data = tr.read_file(path, shown, None)
     stack = (*stack, path)
     defs = Defs()
     if full:
@@ -137,8 +136,7 @@ def collect(tr: TableReader, path: Path, stack: tuple[Path, ...], full: bool) ->
     if sim.get("binaries") is not None:
         shared = _find_ref(tr, sim["binaries"], path, shown, "sim.binaries")
         shared_shown = show_path(shared)
-        tr.count_file(shared_shown, "sim.binaries")
-        shared_data = read_toml(shared, shared_shown)
+        shared_data = tr.read_file(shared, shared_shown, "sim.binaries")
         defs.binaries.update(_binaries_in(tr, shared_data, shared_shown, str(shared)))
     defs.binaries.update(_binaries_in(tr, data, shown, str(path)))  # own entries win
     if full:

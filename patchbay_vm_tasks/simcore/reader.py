@@ -32,7 +32,7 @@ from .plan import plan_text
 from .references import check_references
 from .step_tables import make_step, split_check
 from .tables import TableReader
-from .tomlfiles import read_toml, resolve, show_path
+from .tomlfiles import TomlFiles, read_toml, resolve, show_path
 from .topology import read_topology
 
 SimError = model.SimError
@@ -43,12 +43,19 @@ def parse_condition(value: Any, path: str = "<sim>", key: str = "impair") -> mod
     return read_condition(TableReader(strict=True), value, path, key)
 
 
-def load_sim(path: Path | str, *, strict: bool, extra_binaries: tuple[str, ...] = ()) -> model.Sim:
+def load_sim(
+    path: Path | str,
+    *,
+    strict: bool,
+    extra_binaries: tuple[str, ...] = (),
+    files: TomlFiles | None = None,
+) -> model.Sim:
     """Read, expand and check one sim file. `extra_binaries`: names given on the command
-    line (`--binary`) that `${binary.NAME}` may use without a `[[binary]]` entry."""
+    line (`--binary`) that `${binary.NAME}` may use without a `[[binary]]` entry. `files`:
+    the invocation's parsed files (a file another read parsed is not parsed again)."""
     sim_path = resolve(Path(path))
     shown = show_path(sim_path)
-    tr = TableReader(strict)
+    tr = TableReader(strict, files)
     data, defs = collect(tr, sim_path, (), full=True)
     sim_table = data.get("sim", {})
     name = sim_table.get("name")
@@ -76,16 +83,17 @@ def load_sim(path: Path | str, *, strict: bool, extra_binaries: tuple[str, ...] 
     )
 
 
-def binaries_of(path: Path | str) -> dict[str, model.Binary]:
+def binaries_of(path: Path | str, files: TomlFiles | None = None) -> dict[str, model.Binary]:
     """The binaries one sim sees: extends (recursively, in order), `[sim] binaries`, then
     its own `[[binary]]` entries, later ones winning by name. Reads nothing else."""
     real = resolve(Path(path))
-    return collect(TableReader(strict=False), real, (), full=False)[1].binaries
+    return collect(TableReader(strict=False, files=files), real, (), full=False)[1].binaries
 
 
 __all__ = [
     "PRESETS",
     "SimError",
+    "TomlFiles",
     "binaries_of",
     "describe_condition",
     "infer_binary_mode",

@@ -7,11 +7,13 @@ Every helper raises `model.SimError(path, key, message)` naming the file and the
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 from . import model
 from .durations import parse_duration
 from .limits import MAX_FILES_READ, shorten
+from .tomlfiles import TomlFiles
 
 SimError = model.SimError
 
@@ -32,12 +34,20 @@ def type_name(value: Any) -> str:
 
 
 class TableReader:
-    """One read of a sim: `strict` makes unknown keys errors, else they go to `warnings`."""
+    """One read of a sim: `strict` makes unknown keys errors, else they go to `warnings`.
+    `files`: where its TOML files come from (shared by the reads of one invocation, so
+    that each file is parsed once; default: this read's own)."""
 
-    def __init__(self, strict: bool) -> None:
+    def __init__(self, strict: bool, files: TomlFiles | None = None) -> None:
         self.strict = strict
         self.warnings: list[str] = []
         self.files_read = 0
+        self.files = TomlFiles() if files is None else files
+
+    def read_file(self, path: Path, shown: str, key: str | None) -> dict[str, Any]:
+        """The TOML of one more file the sim reads (counted: count_file)."""
+        self.count_file(shown, key)
+        return self.files.read(path, shown)
 
     def count_file(self, path: str, key: str | None) -> None:
         """One more file read for this sim; past MAX_FILES_READ a SimError (extends that

@@ -8,6 +8,7 @@ arrays at most `MAX_NESTING` deep; every failure is a `SimError`, never a traceb
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import os
 import re
@@ -146,11 +147,20 @@ def read_toml(path: Path | str, shown: str | None = None) -> dict[str, Any]:
     column (`file:L:C: ...`)."""
     path = Path(path)
     shown = show_path(path) if shown is None else shown
+    _record(path, shown)
+    return _parse(path, shown)
+
+
+def _record(path: Path, shown: str) -> None:
     reads = _reads.get()
     if reads is not None:
         real = resolve(path, shown)
         if real not in reads:
             reads.append(real)
+
+
+def _parse(path: Path, shown: str) -> dict[str, Any]:
+    """Read and parse one file: the only place a sim file's bytes become TOML."""
     try:
         text = read_limited(path, shown).decode("utf-8")
     except UnicodeDecodeError:
@@ -173,6 +183,37 @@ def read_toml(path: Path | str, shown: str | None = None) -> dict[str, Any]:
     if nesting_depth(data, MAX_NESTING) > MAX_NESTING:
         raise SimError(shown, None, too_deep)
     return data
+
+
+class TomlFiles:
+    """The TOML files of one invocation, each parsed once: a later read of the same file
+    (by its resolved path, as shown the same way) gets a copy of the first parse, or the
+    same error. The host reads a sim for its binaries, for the builtin runner's checks
+    and for what to copy to the guest; the files are parsed the first time only."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[Path, str], dict[str, Any] | SimError] = {}
+
+    def read(self, path: Path | str, shown: str | None = None) -> dict[str, Any]:
+        """read_toml, from the first parse of the file when there was one."""
+        path = Path(path)
+        shown = show_path(path) if shown is None else shown
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError):
+            return read_toml(path, shown)  # its error says why the file cannot be read
+        _record(path, shown)
+        key = (real, shown)
+        if key not in self._parsed:
+            try:
+                self._parsed[key] = _parse(path, shown)
+            except SimError as err:
+                self._parsed[key] = err
+        found = self._parsed[key]
+        if isinstance(found, SimError):
+            raise found
+        # A copy: what a reader does with its tables never reaches the next reader.
+        return copy.deepcopy(found)
 
 
 def places_near(folder: Path, rel: Path) -> list[Path]:

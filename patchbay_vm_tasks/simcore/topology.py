@@ -28,7 +28,7 @@ from .limits import (
     shorten,
 )
 from .tables import TableReader
-from .tomlfiles import is_file, places_near, read_toml, show_path
+from .tomlfiles import is_file, places_near, show_path
 
 SimError = model.SimError
 
@@ -60,8 +60,7 @@ def read_topology(
         topo_file = folder / f"{ref}.toml"
         if is_file(topo_file):
             topo_shown = show_path(topo_file)
-            tr.count_file(topo_shown, None)
-            topo_data = read_toml(topo_file, topo_shown)
+            topo_data = tr.read_file(topo_file, topo_shown, None)
             tr.check_keys(topo_data, TOPOLOGY_KEYS, topo_shown, "", "a topology file")
             topo, counts = _topology_from(tr, topo_data, topo_shown)
             return topo, ref, counts

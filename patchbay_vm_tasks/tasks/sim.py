@@ -78,7 +78,8 @@ def run(
         )
         check_output_path(junit, "--junit")
         # Everything that can be wrong with the input is found before anything boots.
-        sims = inputs.expand_sim_args(file, s.project_dir)
+        # The sims are read once, here; binaries, checks and staging take what was read.
+        sims = inputs.read_sims(file, s.project_dir)
         target = runner.musl_target_for(s.arch)
         if binary:
             # Overrides land in the work dir, which the guest writes: a link it put at
@@ -153,13 +154,14 @@ def inspect(
 
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
-        (sim,) = inputs.expand_sim_args([file], s.project_dir)
+        sims = inputs.read_sims([file], s.project_dir)
+        (sim,) = sims
         chosen = _runner(s, patchbay_version)
         run_id = guestrun.new_run_id()
         vm = lifecycle.up(s)
         try:
             if sync.copies_files(vm.record):
-                staging.stage_sim_run(vm.conn, s, [sim], [])
+                staging.stage_sim_run(vm.conn, s, sims, [])
             argv = [
                 "env",
                 *[f"{k}={v}" for k, v in _host_facts(s, vm.record, run_id).items()],
@@ -248,8 +250,9 @@ def check(c: Context, file: list[str]) -> None:
         if not file:
             raise UsageError("give at least one sim: --file sims/NAME.toml (or a folder)")
         plans = []
-        for path in inputs.check_sims(file):
-            plans.append(inputs.sim_plan(path))
+        sims = inputs.check_sims(file)
+        for path in sims:
+            plans.append(inputs.sim_plan(path, sims=sims))
             print(plans[-1] + "\n", flush=True)
         say(f"{len(plans)} sim(s) read without error")
 
