@@ -207,6 +207,75 @@ def test_guest_run_argv(env, verbose, binaries, expected_env, tail) -> None:
     ]
 
 
+def test_guest_run_argv_with_host_facts_timeout_and_builtin() -> None:
+    argv = inputs.guest_run_argv(
+        ["/app/s.toml"],
+        ["t:path:/work/binaries/t"],
+        True,
+        {},
+        timeout="90s",
+        extra_env={"PATCHBAY_RUN_ID": "r1", "PATCHBAY_VM_ACCEL": "tcg"},
+        builtin=True,
+    )
+    assert argv == [
+        "env",
+        "NETSIM_IN_VM=1",
+        "NETSIM_TARGET_DIR=/target",
+        "PATCHBAY_RUN_ID=r1",
+        "PATCHBAY_VM_ACCEL=tcg",
+        RUNNER,
+        "run",
+        "--work-dir",
+        "/work",
+        "--binary",
+        "t:path:/work/binaries/t",
+        "-v",
+        "--timeout",
+        "90s",
+        "--watch-stdin",
+        "/app/s.toml",
+    ]
+
+
+def test_inspect_and_run_in_have_the_run_command_shape() -> None:
+    # sim.inspect and sim.exec: the same builder, so the same env/runner/--work-dir head.
+    facts = {"PATCHBAY_RUN_ID": "r1", "PATCHBAY_VM_FS": "9p"}
+    assert inputs.guest_inspect_argv("/app/sims/a.toml", facts) == [
+        "env",
+        "PATCHBAY_RUN_ID=r1",
+        "PATCHBAY_VM_FS=9p",
+        RUNNER,
+        "inspect",
+        "--work-dir",
+        "/work",
+        "/app/sims/a.toml",
+    ]
+    assert inputs.guest_run_in_argv(
+        "dev-1", ["ping", "-c1", "--", "x"], {"PATCHBAY_RUN_ID": "r2"}
+    ) == [
+        "env",
+        "PATCHBAY_RUN_ID=r2",
+        RUNNER,
+        "run-in",
+        "--work-dir",
+        "/work",
+        "dev-1",
+        "--",
+        "ping",
+        "-c1",
+        "--",
+        "x",
+    ]
+
+
+def test_the_task_module_builds_no_runner_command_itself() -> None:
+    # One builder (inputs.runner_argv): tasks/sim.py names neither the runner nor /work.
+    source = (Path(inputs.__file__).parents[1] / "tasks" / "sim.py").read_text()
+    assert "GUEST_RUNNER" not in source
+    assert '"--work-dir"' not in source
+    assert '"/work"' not in source
+
+
 def test_guest_command_line_survives_a_shell() -> None:
     argv = inputs.guest_run_argv(["/app/a b.toml"], [], False, {"RUST_LOG": "a=b c;d"})
     line = inputs.guest_command_line(argv)

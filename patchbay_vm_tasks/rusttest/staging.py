@@ -11,12 +11,13 @@ from typing import Any
 from .. import files
 from ..errors import TaskError
 from ..files import copy_executable
+from ..settings import GUEST_WORK
 from ..ui import say
 from ..vm.sync import SyncError, claim, pull, quietly
 from .cargo import TestExecutable
 
 # Where the work dir is mounted in the guest (SPEC 5) and where test binaries land in it.
-GUEST_WORK_DIR = PurePosixPath("/work")
+GUEST_WORK_DIR = PurePosixPath(GUEST_WORK)
 TESTS_SUBDIR = ("binaries", "tests")
 GUEST_TESTS_DIR = GUEST_WORK_DIR.joinpath(*TESTS_SUBDIR)
 # Beside the tests folder: the names staged last time, so stale ones can be removed.

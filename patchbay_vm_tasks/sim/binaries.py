@@ -23,12 +23,15 @@ from urllib.parse import urlsplit
 from ..downloads import download
 from ..errors import TaskError, UsageError
 from ..files import copy_executable
+from ..settings import GUEST_TARGET, GUEST_WORK
 from ..simcore import model, reader, targetpaths
 from ..simcore.model import OVERRIDE_MODES, BinaryMode, SimError
 from .inputs import SimFiles, show_path, sim_files
 from .runner import HTTP_TIMEOUT, extract_member, run_checked
 
-GUEST_BINARIES = "/work/binaries"
+# Overrides are staged in <work>/binaries/, which the guest sees here.
+BINARIES_DIRNAME = "binaries"
+GUEST_BINARIES = f"{GUEST_WORK}/{BINARIES_DIRNAME}"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _OVERRIDE_HELP = "use NAME:MODE:VALUE with MODE path, fetch or build"
 
@@ -251,7 +254,7 @@ def cargo_build_argv(
 
 def guest_target_path(spec: BinarySpec, target: str, kind: str | None = None) -> str:
     """Where the built entry is in the guest: /target/<musl>/release/[examples/]NAME."""
-    return "/target/" + targetpaths.release_path(target, *artifact(spec, kind))
+    return f"{GUEST_TARGET}/{targetpaths.release_path(target, *artifact(spec, kind))}"
 
 
 def cargo_metadata_argv(project: Path) -> list[str]:
@@ -397,7 +400,7 @@ def stage_override(
 ) -> str:
     """Put an override's binary at <work>/binaries/NAME (mode 0755) and return the runner's
     `--binary` value NAME:path:/work/binaries/NAME."""
-    dest = work_dir / "binaries" / spec.name
+    dest = work_dir / BINARIES_DIRNAME / spec.name
     flag = f"--binary {spec.name}:{spec.mode}:{spec.value}"
     if spec.mode == BinaryMode.PATH:
         if targetpaths.is_target_path(spec.value):

@@ -1,5 +1,5 @@
 """Sim file arguments (each file parsed once: `SimFiles`), their guest paths, the guest
-command line and the results summary."""
+runner's command lines and the results summary."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from typing import Any
 
 from .. import files
 from ..errors import UsageError
+from ..settings import GUEST_APP, GUEST_TARGET, GUEST_WORK
 from ..simcore import model, reader, tomlfiles
 from ..simcore.limits import shorten
 from ..simcore.model import SimError
 from . import workdir
-
-GUEST_APP = "/app"
-GUEST_RUNNER = "/work/.patchbay-bin/patchbay"
+from .runner import GUEST_RUNNER
 
 
 def show_path(path: Path) -> str:
@@ -126,7 +125,7 @@ def _inside(path: Path, workspace: Path, shown: str) -> Path:
     if not real.is_relative_to(_resolve(workspace, str(workspace))):
         raise UsageError(
             f"sim {shown} lies outside the workspace {workspace} (the guest only sees the "
-            "workspace as /app); move or copy it into the project"
+            f"workspace as {GUEST_APP}); move or copy it into the project"
         )
     return real
 
@@ -248,6 +247,25 @@ def guest_sim_path(path: Path, workspace: Path) -> str:
     return f"{GUEST_APP}/{rel.as_posix()}" if rel.parts else GUEST_APP
 
 
+# ── the guest runner's command lines ─────────────────────────────────────────
+
+
+def runner_argv(
+    command: str, args: Sequence[str], env: Mapping[str, str] | None = None
+) -> list[str]:
+    """The one shape of every guest runner command line (SPEC 6.6), to be run as root:
+    `env K=V... /work/.patchbay-bin/patchbay COMMAND --work-dir /work ARGS...`."""
+    return [
+        "env",
+        *[f"{k}={v}" for k, v in (env or {}).items()],
+        GUEST_RUNNER,
+        command,
+        "--work-dir",
+        GUEST_WORK,
+        *args,
+    ]
+
+
 def guest_run_argv(
     sims_guest: list[str],
     binary_args: list[str],
@@ -258,31 +276,40 @@ def guest_run_argv(
     extra_env: Mapping[str, str] | None = None,
     builtin: bool = False,
 ) -> list[str]:
-    """The runner's command line in the guest (SPEC 6.6), to be run as root.
+    """`run`: the sims (guest paths) with their binaries (SPEC 6.6).
 
     RUST_LOG is taken from RUST_LOG, else NETSIM_RUST_LOG; NETSIM_RUST_LOG is passed on too.
     extra_env: what the host tells the runner (run id, accelerator, QEMU version).
     builtin: our runner, which also watches its stdin so that a host that goes away
     (Ctrl-C, a lost connection) stops it: over SSH without a pty no signal arrives.
     """
-    argv = ["env", "NETSIM_IN_VM=1", "NETSIM_TARGET_DIR=/target"]
+    variables = {"NETSIM_IN_VM": "1", "NETSIM_TARGET_DIR": GUEST_TARGET}
     rust_log = env.get("RUST_LOG") or env.get("NETSIM_RUST_LOG")
     if rust_log:
-        argv.append(f"RUST_LOG={rust_log}")
+        variables["RUST_LOG"] = rust_log
     if env.get("NETSIM_RUST_LOG"):
-        argv.append(f"NETSIM_RUST_LOG={env['NETSIM_RUST_LOG']}")
-    argv += [f"{k}={v}" for k, v in (extra_env or {}).items()]
-    argv += [GUEST_RUNNER, "run", "--work-dir", "/work"]
+        variables["NETSIM_RUST_LOG"] = env["NETSIM_RUST_LOG"]
+    variables.update(extra_env or {})
+    args: list[str] = []
     for item in binary_args:
-        argv += ["--binary", item]
+        args += ["--binary", item]
     if verbose:
-        argv.append("-v")
+        args.append("-v")
     if timeout:
-        argv += ["--timeout", timeout]
+        args += ["--timeout", timeout]
     if builtin:
-        argv.append("--watch-stdin")
-    argv += sims_guest
-    return argv
+        args.append("--watch-stdin")
+    return runner_argv("run", [*args, *sims_guest], variables)
+
+
+def guest_inspect_argv(sim_guest: str, extra_env: Mapping[str, str]) -> list[str]:
+    """`inspect`: build one sim's lab (its guest path) and keep it up."""
+    return runner_argv("inspect", [sim_guest], extra_env)
+
+
+def guest_run_in_argv(node: str, cmd: Sequence[str], extra_env: Mapping[str, str]) -> list[str]:
+    """`run-in`: one command in one node of the lab `inspect` keeps up."""
+    return runner_argv("run-in", [node, "--", *cmd], extra_env)
 
 
 def guest_command_line(argv: list[str]) -> str:

@@ -25,6 +25,7 @@ from .. import __version__, files
 from ..downloads import HttpError, Unreachable, check_due, download, get, stamp_for
 from ..errors import EXIT_UNAVAILABLE, TaskError, UsageError
 from ..files import copy_executable, executable_beside
+from ..settings import GUEST_WORK
 from ..ui import say, warn
 from . import builtin
 
@@ -33,6 +34,8 @@ DEFAULT_GIT_URL = "https://github.com/n0-computer/patchbay"
 RUNNER_NAME = "patchbay"
 CACHE_DIRNAME = ".patchbay-cache"
 BIN_DIRNAME = ".patchbay-bin"
+# Where install_runner puts it, as the guest sees it.
+GUEST_RUNNER = f"{GUEST_WORK}/{BIN_DIRNAME}/{RUNNER_NAME}"
 # (connect, read) seconds: a dead server fails fast, a slow download is not cut.
 HTTP_TIMEOUT = (15, 120)
 

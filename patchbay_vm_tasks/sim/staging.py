@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TaskError
+from ..settings import GUEST_TARGET, GUEST_WORK
 from ..simcore import targetpaths
 from ..simcore.model import BinaryMode, SimError
 from ..ui import say, warn
@@ -26,9 +27,8 @@ from ..vm.sync import (
     split_guest_paths,
     stage,
 )
-from . import inputs
 from .inputs import SimFiles, guest_sim_path, sim_files, sim_inputs
-from .runner import musl_target_for
+from .runner import GUEST_RUNNER, musl_target_for
 from .workdir import RUN_DIR, runs_to_prune
 
 
@@ -49,9 +49,6 @@ def new_runs(before: set[str], after: set[str], latest: str | None) -> list[str]
     if latest and latest in after:
         runs.add(latest)
     return sorted(runs)
-
-
-GUEST_WORK = "/work"
 
 
 def guest_runs(conn: Any) -> set[str]:
@@ -129,7 +126,7 @@ def stage_sim_run(
     they read (to /app), the binaries (/work/binaries, /target). Returns the guest's run
     folders before the run, for `bring_runs_home_after`."""
     sims = sim_files(sims)
-    needed = [inputs.GUEST_RUNNER]
+    needed = [GUEST_RUNNER]
     needed += [
         guest_sim_path(p, settings.project_dir) for p in sim_inputs(sims, settings.project_dir)
     ]
@@ -171,11 +168,11 @@ def _guest_path(value: str, roots: Mapping[str, Path], target: str | None) -> st
     guest's /target holds it."""
     if not targetpaths.is_target_path(value):
         return value
-    host = roots.get("/target")
+    host = roots.get(GUEST_TARGET)
     rel = targetpaths.resolve(
         value, target or "", lambda rel: host is not None and (host / rel).is_file()
     )
-    return f"/target/{rel}"
+    return f"{GUEST_TARGET}/{rel}"
 
 
 def bring_runs_home_after(conn: Any, settings: Any, before: set[str]) -> TaskError | None:

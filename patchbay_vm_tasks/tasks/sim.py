@@ -84,7 +84,7 @@ def run(
         if binary:
             # Overrides land in the work dir, which the guest writes: a link it put at
             # either folder is replaced by a folder of ours first, never written through.
-            files.real_dir(s.work_dir, "binaries")
+            files.real_dir(s.work_dir, binaries.BINARIES_DIRNAME)
         binary_args = binaries.prepare_binary_args(
             list(binary or []), sims, s.work_dir, target, s.target_dir, s.project_dir
         )
@@ -162,15 +162,9 @@ def inspect(
         try:
             if sync.copies_files(vm.record):
                 staging.stage_sim_run(vm.conn, s, sims, [])
-            argv = [
-                "env",
-                *[f"{k}={v}" for k, v in _host_facts(s, vm.record, run_id).items()],
-                inputs.GUEST_RUNNER,
-                "inspect",
-                "--work-dir",
-                "/work",
-                inputs.guest_sim_path(sim, s.project_dir),
-            ]
+            argv = inputs.guest_inspect_argv(
+                inputs.guest_sim_path(sim, s.project_dir), _host_facts(s, vm.record, run_id)
+            )
             say(f"building the lab of {sim.name} with the {chosen.label} runner; Ctrl-C ends it")
             say("run a command in one of its nodes with: invoke sim.exec NODE -- CMD ARGS")
             code = guestrun.run_interruptible(vm.conn, argv, run_id, what="the lab")
@@ -200,11 +194,8 @@ def exec(c: Context, node: str, work_dir: str | None = None) -> None:  # noqa: A
         vm = lifecycle.require_running(s)
         try:
             run_id = guestrun.new_run_id()
-            argv = [
-                "env",
-                f"{guestrun.RUN_ID_VAR}={run_id}",  # so that Ctrl-C finds it
-                *[inputs.GUEST_RUNNER, "run-in", "--work-dir", "/work", node, "--", *cmd],
-            ]
+            # The run id, so that Ctrl-C finds it.
+            argv = inputs.guest_run_in_argv(node, cmd, {guestrun.RUN_ID_VAR: run_id})
             code = guestrun.run_interruptible(vm.conn, argv, run_id, what=node)
         finally:
             vm.close()
