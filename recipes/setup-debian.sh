@@ -17,7 +17,9 @@ case "$(uname -m)" in
   *) echo "error: no QEMU package known for $(uname -m)" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC2206
-packages=($qemu qemu-utils mmdebstrap openssh-client ca-certificates python3-venv)
+packages=($qemu qemu-utils mmdebstrap openssh-client ca-certificates)
+# Debian's python3 makes virtualenvs only with python3-venv; another python3 may not need it.
+python3 -c 'import ensurepip, venv' 2>/dev/null || packages+=(python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -71,3 +71,44 @@ def test_ci_script_runs_sims_with_junit_and_report(vm: VmEnv) -> None:
     out = vm._run(["bash", "recipes/ci-sims.sh", "sims/failing.toml"], 900, env)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "failing" in (results / "sims.xml").read_text()
+
+
+@pytest.mark.vm
+def test_readme_main_command_on_a_fresh_copy(tmp_path: Path) -> None:
+    # The README's first command, as written, in a copy of this checkout: the user's
+    # set-up script (its packages are installed here, so it only checks them; the
+    # package goes into a new .venv from PyPI's dependencies), then a real sim with the
+    # default settings: the cloud image cannot be downloaded here, so the guest is the
+    # cached debian:trixie build, as a user without it would get after a build.
+    clone = tmp_path / "clone"
+    shutil.copytree(
+        REPO,
+        clone,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", ".qemu-vm", ".patchbay-work",
+            "__pycache__", "target", "results",
+        ),
+    )  # fmt: skip
+    clone.chmod(0o755)
+    env = {k: v for k, v in vm_env(clone).items() if not k.startswith("QEMU_VM_")}
+    readme = (REPO / "README.md").read_text()
+    command = (
+        "bash recipes/setup-debian.sh && .venv/bin/invoke sim.run --file sims/iperf-baseline.toml"
+    )
+    assert command in readme
+    out = subprocess.run(
+        ["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=1500
+    )
+    try:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "ready: .venv/bin/invoke --list" in out.stdout
+        assert "VM patchbay-vm is up after" in out.stderr
+        latest = clone / ".patchbay-work" / "latest"
+        assert (latest / "iperf-baseline" / "results.json").is_file()
+        assert "iperf-baseline" in out.stdout  # the results table
+    finally:
+        subprocess.run(
+            [str(clone / ".venv/bin/invoke"), "vm.destroy"], cwd=clone, env=env, timeout=300,
+            capture_output=True,
+        )  # fmt: skip
+    assert not (clone / ".qemu-vm" / "patchbay-vm").exists()
