@@ -26,28 +26,48 @@ from . import durations
 from .errors import UsageError
 
 DEBIAN_IMAGE_DIR = "https://cloud.debian.org/images/cloud/trixie/latest"
-ACCELS = ("auto", "kvm", "hvf", "whpx", "tcg")
 ARCHS = ("amd64", "arm64")
 # Other spellings of the same arch (the kernel's, Rust's), normalised to Debian's.
 ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
-# QEMU_VM_FIRMWARE: `auto` is UEFI on arm64 and SeaBIOS on amd64 for an image that boots
-# itself; `uefi` asks for UEFI on amd64 too (OVMF); `bios` SeaBIOS (amd64 only); any
-# other value is the path of a UEFI code image, used instead of the one found.
-FIRMWARE_CHOICES = ("auto", "uefi", "bios")
+
+# The modes a user chooses, as str enums: a member is its value in JSON, messages and
+# comparisons ("9p" == FsMode.NINEP).
+
+
+class Accel(enum.StrEnum):
+    """`QEMU_VM_ACCEL`, and the accelerator a VM runs under (never AUTO)."""
+
+    AUTO = "auto"  # the best one a test boot shows to run a guest here (vm/accel.py)
+    KVM = "kvm"
+    HVF = "hvf"
+    WHPX = "whpx"
+    TCG = "tcg"
 
 
 class FsMode(enum.StrEnum):
-    """`QEMU_VM_FS`: how the guest sees /app, /target and /work."""
+    """`QEMU_VM_FS`: how the guest sees /app, /target and /work, and how a VM runs (never
+    AUTO)."""
 
-    AUTO = "auto"  # virtiofs when a usable virtiofsd is found, else 9p
+    AUTO = "auto"  # 9p, which `vm.down` can save (vm/shares.py choose_fs_mode)
     VIRTIOFS = "virtiofs"
     NINEP = "9p"
     # No shared folders (QEMU for Windows has neither 9p nor vhost-user): guest-local
-    # folders, filled by copying over the task's SSH connection (sync.py).
+    # folders, filled by copying over the task's SSH connection (vm/sync.py).
     NONE = "none"
 
 
+class FirmwareMode(enum.StrEnum):
+    """`QEMU_VM_FIRMWARE`, for an image that boots itself (ours boot with -kernel). Any
+    other value is the path of a UEFI code image, used instead of the one found."""
+
+    AUTO = "auto"  # UEFI on arm64, SeaBIOS on amd64
+    UEFI = "uefi"  # UEFI on amd64 too (OVMF)
+    BIOS = "bios"  # SeaBIOS (amd64 only)
+
+
+ACCELS = tuple(accel.value for accel in Accel)
 FS_MODES = tuple(mode.value for mode in FsMode)
+FIRMWARE_CHOICES = tuple(mode.value for mode in FirmwareMode)
 
 
 def host_arch(machine: str | None = None) -> str:
@@ -86,8 +106,8 @@ class VmSettings:
     image_url: str
     qemu_bin: str
     virtiofsd_bin: str | None
-    accel: str
-    fs_mode: str
+    accel: Accel
+    fs_mode: FsMode
     project_dir: Path
     work_dir: Path
     target_dir: Path
@@ -96,8 +116,12 @@ class VmSettings:
     boot_timeout: float
     keep_runs: int
     arch: str
-    firmware: str = "auto"  # auto | uefi | bios | a path to UEFI code firmware
+    # A mode, or the path of a UEFI code image (QEMU_VM_FIRMWARE names a file).
+    firmware: FirmwareMode | Path = FirmwareMode.AUTO
     patchbay_version: str = "latest"  # the runner sim.run uses (--patchbay-version)
+    # A CPU count was asked for (QEMU_VM_CPUS, or a config value other than the
+    # default): only the default is fitted to the host's cores under TCG (vm/qemu.py).
+    cpus_explicit: bool = False
 
     @property
     def state_dir(self) -> Path:
@@ -124,9 +148,9 @@ class VmSettings:
             "ssh_user": self.ssh_user,
             "image_url": self.image_url,
             "qemu_bin": self.qemu_bin,
-            "accel": self.accel,
-            "firmware": self.firmware,
-            "fs_mode": self.fs_mode,
+            "accel": str(self.accel),
+            "firmware": str(self.firmware),
+            "fs_mode": str(self.fs_mode),
             "project_dir": str(self.project_dir),
             "work_dir": str(self.work_dir),
             "target_dir": str(self.target_dir),
@@ -176,8 +200,8 @@ def _defaults(arch: str) -> dict[str, Any]:
         "image_url": default_image_url(arch),
         "qemu_bin": default_qemu_bin(arch),
         "virtiofsd_bin": None,
-        "accel": "auto",
-        "fs_mode": "auto",
+        "accel": Accel.AUTO.value,
+        "fs_mode": FsMode.AUTO.value,
         "work_dir": ".patchbay-work",
         "target_dir": None,
         "image_cache_dir": None,
@@ -186,7 +210,7 @@ def _defaults(arch: str) -> dict[str, Any]:
         "keep_runs": 20,
         "patchbay_version": "latest",
         "arch": arch,
-        "firmware": "auto",
+        "firmware": FirmwareMode.AUTO.value,
     }
 
 
@@ -280,18 +304,22 @@ def resolve(
                     port_explicit = True
 
     values["arch"] = arch
-    if values["firmware"] not in FIRMWARE_CHOICES:
+    if values["firmware"] in FIRMWARE_CHOICES:
+        values["firmware"] = FirmwareMode(values["firmware"])
+    else:
         # A path: relative ones are from the project dir, like the other paths.
-        values["firmware"] = str(_path(values["firmware"], "QEMU_VM_FIRMWARE", project))
-    if values["firmware"] == "bios" and arch == "arm64":
+        values["firmware"] = _path(values["firmware"], "QEMU_VM_FIRMWARE", project)
+    if values["firmware"] == FirmwareMode.BIOS and arch == "arm64":
         raise UsageError(
             "QEMU_VM_FIRMWARE: 'bios' (SeaBIOS) is x86 only; arm64 guests boot through "
             "UEFI or their own kernel (auto, uefi, or the path of a UEFI code image)"
         )
     if values["accel"] not in ACCELS:
         raise UsageError(f"QEMU_VM_ACCEL: {values['accel']!r} is not one of {', '.join(ACCELS)}")
+    values["accel"] = Accel(values["accel"])
     if values["fs_mode"] not in FS_MODES:
         raise UsageError(f"QEMU_VM_FS: {values['fs_mode']!r} is not one of {', '.join(FS_MODES)}")
+    values["fs_mode"] = FsMode(values["fs_mode"])
     if not 0 < values["ssh_port"] < 65536:
         raise UsageError(f"QEMU_VM_SSH_PORT: {values['ssh_port']} is not a TCP port")
     if not NAME_RE.fullmatch(values["name"]):
@@ -315,6 +343,7 @@ def resolve(
     return VmSettings(
         **{k: v for k, v in values.items() if k not in paths},
         ssh_port_explicit=port_explicit,
+        cpus_explicit="QEMU_VM_CPUS" in env or values["cpus"] != defaults["cpus"],
         project_dir=project,
         work_dir=work,
         target_dir=target,

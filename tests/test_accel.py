@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from patchbay_vm_tasks.settings import Accel
 from patchbay_vm_tasks.vm import accel, qemu
-from patchbay_vm_tasks.vm.accel import Accel
 from patchbay_vm_tasks.vm.images import BaseImage
 
 ACCEL_HELP = {

@@ -11,7 +11,7 @@ import pytest
 from patchbay_vm_tasks.vm import openssh
 from patchbay_vm_tasks.vm.state import StateDir
 
-RECORD = {"ssh_port": 2222, "ssh_user": "dev"}
+PORT, USER = 2222, "dev"  # the VM's, from its record
 
 
 def _option(argv: list[str], name: str) -> str | None:
@@ -22,7 +22,7 @@ def _option(argv: list[str], name: str) -> str | None:
 
 def test_a_command_is_quoted_once_for_the_guest_shell(tmp_path) -> None:
     state = StateDir(tmp_path)
-    argv = openssh.argv("/usr/bin/ssh", state, RECORD, ["printf", "[%s]", "two words", "$HOME"])
+    argv = openssh.argv("/usr/bin/ssh", state, PORT, USER, ["printf", "[%s]", "two words", "$HOME"])
     assert argv[0] == "/usr/bin/ssh"
     assert argv[-3:] == ["--", "dev@127.0.0.1", "printf '[%s]' 'two words' '$HOME'"]
     assert shlex.split(argv[-1]) == ["printf", "[%s]", "two words", "$HOME"]
@@ -36,7 +36,7 @@ def test_a_command_is_quoted_once_for_the_guest_shell(tmp_path) -> None:
 
 
 def test_no_command_asks_for_a_terminal(tmp_path) -> None:
-    argv = openssh.argv("ssh", StateDir(tmp_path), RECORD, None)
+    argv = openssh.argv("ssh", StateDir(tmp_path), PORT, USER, None)
     assert argv[-3:] == ["-t", "--", "dev@127.0.0.1"]
 
 
@@ -44,7 +44,7 @@ def test_no_command_asks_for_a_terminal(tmp_path) -> None:
     ("platform", "kept"), [("linux", True), ("darwin", True), ("win32", False)]
 )
 def test_the_connection_is_kept_except_on_windows(tmp_path, platform, kept) -> None:
-    argv = openssh.argv("ssh", StateDir(tmp_path), RECORD, ["true"], platform=platform)
+    argv = openssh.argv("ssh", StateDir(tmp_path), PORT, USER, ["true"], platform=platform)
     if kept:
         assert _option(argv, "ControlMaster") == "auto"
         assert _option(argv, "ControlPath") == str(tmp_path / "ssh.ctl")
@@ -56,7 +56,7 @@ def test_the_connection_is_kept_except_on_windows(tmp_path, platform, kept) -> N
 
 def test_percent_in_the_path_is_not_an_ssh_token(tmp_path) -> None:
     state = StateDir(tmp_path / "100%done")
-    argv = openssh.argv("ssh", state, RECORD, ["true"], platform="linux")
+    argv = openssh.argv("ssh", state, PORT, USER, ["true"], platform="linux")
     assert _option(argv, "ControlPath") == str(tmp_path / "100%%done" / "ssh.ctl")
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from patchbay_vm_tasks import settings
 from patchbay_vm_tasks.errors import UsageError, VmUnavailable
-from patchbay_vm_tasks.vm import binfmt, firmware, images, qemu
+from patchbay_vm_tasks.vm import binfmt, firmware, images, process, qemu, qmp
 from patchbay_vm_tasks.vm.images import BaseImage
 
 
@@ -99,13 +99,15 @@ def test_unknown_arch_names_the_variable_and_the_choices(tmp_path, value) -> Non
 )
 def test_firmware_setting(tmp_path, env, expected) -> None:
     s = resolve(tmp_path, env=env)
-    assert s.firmware == expected
+    # A mode (a str enum), or the path of a code image.
+    assert s.firmware == (Path(expected) if expected.startswith("/") else expected)
     assert s.asked_for()["firmware"] == expected
 
 
 def test_firmware_path_is_from_the_project_dir(tmp_path) -> None:
     s = resolve(tmp_path, env={"QEMU_VM_FIRMWARE": "fw/code.fd"})
-    assert s.firmware == str(tmp_path.resolve() / "fw" / "code.fd")
+    assert s.firmware == tmp_path.resolve() / "fw" / "code.fd"
+    assert s.asked_for()["firmware"] == str(tmp_path.resolve() / "fw" / "code.fd")
 
 
 def test_seabios_on_arm64_is_refused(tmp_path) -> None:
@@ -266,7 +268,9 @@ def test_ovmf_without_a_vars_template_is_passed_over(tmp_path) -> None:
 )  # fmt: skip
 def test_firmware_override_wins(tmp_path, files, override, template) -> None:
     fake_fs(tmp_path, {**files, f"{BREW_ARM}/edk2-aarch64-code.fd": 64 * MIB})
-    fw = firmware.find_firmware("arm64", "darwin", "/opt/homebrew/bin/q", override, root=tmp_path)
+    fw = firmware.find_firmware(
+        "arm64", "darwin", "/opt/homebrew/bin/q", Path(override), root=tmp_path
+    )
     assert fw.code == firmware._under(tmp_path, override)
     assert fw.vars_template == (firmware._under(tmp_path, template) if template else None)
     assert fw.origin == "QEMU_VM_FIRMWARE"
@@ -274,10 +278,10 @@ def test_firmware_override_wins(tmp_path, files, override, template) -> None:
 
 def test_firmware_override_that_is_missing_is_a_usage_error(tmp_path) -> None:
     with pytest.raises(UsageError, match="QEMU_VM_FIRMWARE: no file at /nope.fd"):
-        firmware.find_firmware("arm64", "linux", None, "/nope.fd", root=tmp_path)
+        firmware.find_firmware("arm64", "linux", None, Path("/nope.fd"), root=tmp_path)
     fake_fs(tmp_path, {"/fw/custom.fd": MIB})
     with pytest.raises(UsageError, match="no OVMF variable store template"):
-        firmware.find_firmware("amd64", "linux", None, "/fw/custom.fd", root=tmp_path)
+        firmware.find_firmware("amd64", "linux", None, Path("/fw/custom.fd"), root=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -288,7 +292,7 @@ def test_firmware_override_that_is_missing_is_a_usage_error(tmp_path) -> None:
         ("amd64", "auto", False, firmware.BootMode.BIOS),
         ("amd64", "bios", False, firmware.BootMode.BIOS),
         ("amd64", "uefi", False, firmware.BootMode.UEFI),
-        ("amd64", "/fw/OVMF_CODE.fd", False, firmware.BootMode.UEFI),
+        ("amd64", Path("/fw/OVMF_CODE.fd"), False, firmware.BootMode.UEFI),
         ("arm64", "auto", False, firmware.BootMode.UEFI),
         ("arm64", "uefi", False, firmware.BootMode.UEFI),
     ],
@@ -557,7 +561,7 @@ def test_start_on_windows_is_detached_and_writes_the_pidfile(tmp_path) -> None:
 
     spec = qspec("win32", "amd64", "tcg", pidfile=tmp_path / "qemu.pid",
                  serial_log=tmp_path / "serial.log")  # fmt: skip
-    pid = qemu.start(spec, popen=popen, connects=lambda address: address == ("127.0.0.1", 4444))
+    pid = process.start(spec, popen=popen, connects=lambda address: address == ("127.0.0.1", 4444))
     assert pid == 4321
     assert (tmp_path / "qemu.pid").read_text() == "4321\n"
     argv, kwargs = calls[0]
@@ -575,7 +579,7 @@ def test_start_on_windows_reports_an_early_exit(tmp_path) -> None:
     spec = qspec("win32", "amd64", "whpx", pidfile=tmp_path / "qemu.pid",
                  serial_log=tmp_path / "serial.log")  # fmt: skip
     with pytest.raises(VmUnavailable, match="No accelerator found"):
-        qemu.start(spec, popen=popen, connects=lambda address: False)
+        process.start(spec, popen=popen, connects=lambda address: False)
     assert not (tmp_path / "qemu.pid").exists()
 
 
@@ -587,13 +591,13 @@ def test_start_on_posix_daemonises_and_reads_the_pidfile(tmp_path) -> None:
         pidfile.write_text("999\n")
         return subprocess.CompletedProcess(argv, 0, "", "")
 
-    assert qemu.start(qspec("linux", "amd64", "tcg", pidfile=pidfile), run=run) == 999
+    assert process.start(qspec("linux", "amd64", "tcg", pidfile=pidfile), run=run) == 999
 
     def fails(argv, **kwargs):
         return subprocess.CompletedProcess(argv, 1, "", "qemu: could not open disk")
 
     with pytest.raises(VmUnavailable, match="could not open disk"):
-        qemu.start(qspec("darwin", "arm64", "hvf", pidfile=pidfile), run=fails)
+        process.start(qspec("darwin", "arm64", "hvf", pidfile=pidfile), run=fails)
 
 
 def test_qmp_over_tcp(tmp_path) -> None:
@@ -613,7 +617,7 @@ def test_qmp_over_tcp(tmp_path) -> None:
         server.close()
 
     threading.Thread(target=serve, daemon=True).start()
-    answer = qemu.qmp(("127.0.0.1", port), "query-status")
+    answer = qmp.execute(("127.0.0.1", port), "query-status")
     assert answer == {"return": {"status": "running"}}
 
 

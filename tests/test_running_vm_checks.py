@@ -10,6 +10,7 @@ import pytest
 from patchbay_vm_tasks import settings
 from patchbay_vm_tasks.errors import UsageError
 from patchbay_vm_tasks.vm import lifecycle
+from patchbay_vm_tasks.vm.record import VmRecord
 
 
 def _settings(tmp_path: Path, **env: str) -> settings.VmSettings:
@@ -28,10 +29,10 @@ def _settings(tmp_path: Path, **env: str) -> settings.VmSettings:
 def test_another_arch_is_refused(tmp_path, env, running, refused) -> None:
     s = _settings(tmp_path, **env)
     if refused is None:
-        lifecycle._check_same_arch(s, running)
+        lifecycle._check_same_arch(s, VmRecord.from_json(running))
         return
     with pytest.raises(UsageError, match=refused) as e:
-        lifecycle._check_same_arch(s, running)
+        lifecycle._check_same_arch(s, VmRecord.from_json(running))
     assert "--recreate" in str(e.value) and e.value.exit_code == 2
 
 
@@ -48,7 +49,7 @@ def test_another_arch_is_refused(tmp_path, env, running, refused) -> None:
 def test_another_fs_mode_asked_for_is_refused(tmp_path, asked, running, refused) -> None:
     s = _settings(tmp_path, QEMU_VM_FS=asked)
     if not refused:
-        lifecycle._check_same_fs_mode(s, {"fs_mode": running})
+        lifecycle._check_same_fs_mode(s, VmRecord.from_json({"fs_mode": running}))
         return
     with pytest.raises(UsageError, match=f"fs mode {running} and QEMU_VM_FS asks for {asked}"):
-        lifecycle._check_same_fs_mode(s, {"fs_mode": running})
+        lifecycle._check_same_fs_mode(s, VmRecord.from_json({"fs_mode": running}))

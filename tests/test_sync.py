@@ -12,8 +12,10 @@ from types import SimpleNamespace
 import paramiko
 import pytest
 
+from patchbay_vm_tasks.settings import FsMode
 from patchbay_vm_tasks.sim import inputs, staging
 from patchbay_vm_tasks.vm import sync
+from patchbay_vm_tasks.vm.record import VmRecord
 from patchbay_vm_tasks.vm.sync import FileState
 
 
@@ -152,8 +154,8 @@ def test_new_runs_are_made_during_the_run_or_latest() -> None:
 
 
 def test_copies_files_only_without_shares() -> None:
-    assert sync.copies_files({"fs_mode": "none"})
-    assert not sync.copies_files({"fs_mode": "9p"})
+    assert sync.copies_files(VmRecord(fs_mode=FsMode.NONE))
+    assert not sync.copies_files(VmRecord(fs_mode=FsMode.NINEP))
 
 
 def test_sim_inputs_are_the_files_the_reader_reads(tmp_path: Path) -> None:

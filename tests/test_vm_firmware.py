@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from patchbay_vm_tasks.vm import firmware, qemu
+from patchbay_vm_tasks.vm import firmware, ports, process, qemu
 
 pytestmark = pytest.mark.vm
 
@@ -55,23 +55,23 @@ def test_uefi_firmware_reaches_its_boot_manager(tmp_path: Path, arch, setting, q
     (tmp_path / "seed.iso").write_bytes(bytes(1 << 20))
     spec = qemu.QemuSpec(
         qemu_bin=qemu_bin, name="fwcheck", arch=arch, accel="tcg", mem_mb=512, cpus=1,
-        disk=disk, seed=tmp_path / "seed.iso", ssh_port=qemu.free_port(),
+        disk=disk, seed=tmp_path / "seed.iso", ssh_port=ports.free_port(),
         pidfile=tmp_path / "qemu.pid", serial_log=tmp_path / "serial.log",
         qmp_socket=tmp_path / "qmp.sock", fs_mode="none", firmware=flash,
     )  # fmt: skip
-    pid = qemu.start(spec)
+    pid = process.start(spec)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             log = spec.serial_log.read_bytes() if spec.serial_log.exists() else b""
             if b"BdsDxe" in log:  # the boot manager: firmware up, devices enumerated
                 break
-            assert qemu.is_ours(pid, str(tmp_path)), log.decode(errors="replace")
+            assert process.is_ours(pid, str(tmp_path)), log.decode(errors="replace")
             time.sleep(0.5)
         else:
             pytest.fail(f"no boot manager line in 90 s: {log[-500:]!r}")
     finally:
-        qemu.quit_now(pid, spec.qmp_socket, str(tmp_path))
+        process.quit_now(pid, spec.qmp_socket, str(tmp_path))
     # The vars file is this VM's from now on: a second start keeps what the firmware wrote.
     written = vars_path.read_bytes()
     assert firmware.pflash_for(arch, setting, False, qemu_bin, tmp_path, vars_path) == flash

@@ -13,7 +13,7 @@ import time
 import pytest
 from vmfixtures import VmEnv, make_project, vm_env
 
-from patchbay_vm_tasks.vm import qemu
+from patchbay_vm_tasks.vm import process
 
 pytestmark = pytest.mark.vm
 
@@ -106,8 +106,8 @@ def test_ctrl_c_during_a_boot_stops_everything_at_once(tmp_path) -> None:
         qemu_pid = None
         deadline = time.monotonic() + 300  # liveness only (an image build, a slow start)
         while proc.poll() is None and time.monotonic() < deadline:
-            pid = qemu.read_pid(pidfile)
-            if pid and qemu.is_ours(pid, str(env.state_dir)):
+            pid = process.read_pid(pidfile)
+            if pid and process.is_ours(pid, str(env.state_dir)):
                 qemu_pid = pid
                 break
             time.sleep(0.2)
@@ -125,7 +125,7 @@ def test_ctrl_c_during_a_boot_stops_everything_at_once(tmp_path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert "is up after" not in err
-    assert not qemu.process_cmdline(qemu_pid), "QEMU still runs"  # a zombie has no cmdline
+    assert not process.process_cmdline(qemu_pid), "QEMU still runs"  # a zombie has no cmdline
     leftovers = subprocess.run(
         ["pgrep", "-f", str(env.state_dir)], capture_output=True, text=True
     ).stdout

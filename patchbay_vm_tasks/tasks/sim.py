@@ -20,6 +20,7 @@ from .common import check_output_path, remainder, task_errors, write_junit_file
 
 if TYPE_CHECKING:
     from ..sim import runner
+    from ..vm.record import VmRecord
 
 # The sim modules are imported inside the tasks: loading them costs every task (a warm
 # `vm.up` too) time at start-up, Invoke imports this file to list the tasks.
@@ -215,16 +216,16 @@ def _runner(
     return chosen
 
 
-def _host_facts(s: settings.VmSettings, record: dict, run_id: str) -> dict[str, str]:
+def _host_facts(s: settings.VmSettings, record: VmRecord, run_id: str) -> dict[str, str]:
     """What only the host knows, for the run's manifest: numbers under TCG are not
     comparable with numbers under KVM or HVF."""
     from ..sim import guestrun
 
     return {
         guestrun.RUN_ID_VAR: run_id,
-        "PATCHBAY_VM_ACCEL": str(record.get("accel", "")),
+        "PATCHBAY_VM_ACCEL": str(record.accel or ""),
         "PATCHBAY_VM_QEMU_VERSION": qemu.version(s.qemu_bin),
-        "PATCHBAY_VM_FS": str(record.get("fs_mode", "")),
+        "PATCHBAY_VM_FS": str(record.fs_mode or ""),
     }
 
 

@@ -7,7 +7,9 @@ import json
 from invoke import Collection, Context, Exit, task
 
 from .. import settings
-from ..vm import guest, guestcopy, lifecycle, openssh, runtime, shares
+from ..settings import FsMode
+from ..vm import guest, guestcopy, lifecycle, openssh
+from ..vm.state import state_of
 from .common import remainder, task_errors
 
 # `vm.status` exit code when the VM is not running (as LSB's "program is not running").
@@ -27,7 +29,7 @@ def up(c: Context, recreate: bool = False, refresh: bool = False) -> None:
         vm = lifecycle.up(settings.from_context(c), recreate=recreate, refresh=refresh)
         vm.close()
         if not vm.booted:
-            print(f"VM {vm.record['name']} is running (ssh port {vm.record['ssh_port']})")
+            print(f"VM {vm.record.name} is running (ssh port {vm.record.ssh_port})")
 
 
 @task(
@@ -51,7 +53,7 @@ def status(c: Context, json_: bool = False) -> None:
     with task_errors():
         info = lifecycle.status(settings.from_context(c))
     text = lifecycle.format_status(info)
-    if info.get("fs_mode") == shares.NO_SHARES:
+    if info.get("fs_mode") == FsMode.NONE:
         text += "\n  (not shared: tasks copy files into these guest folders and results back)"
     print(json.dumps(info, indent=2) if json_ else text)
     if not info["running"]:
@@ -75,8 +77,8 @@ def ssh(c: Context) -> None:
         ssh_bin = openssh.client()
         if ssh_bin:
             record = lifecycle.running_record(s)
-            state = runtime.state_of(s)
-            code = openssh.hand_over(openssh.argv(ssh_bin, state, record, argv or None))
+            ssh = openssh.argv(ssh_bin, state_of(s), record.ssh_port, record.ssh_user, argv or None)
+            code = openssh.hand_over(ssh)
             raise Exit(code=code)  # Windows only: elsewhere this process became ssh
         vm = lifecycle.require_running(s)
         try:

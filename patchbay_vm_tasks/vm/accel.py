@@ -15,7 +15,6 @@ nothing. So:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import os
@@ -29,20 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import temp_beside
-from ..settings import host_arch
+from ..settings import Accel, host_arch
 from . import qemu
 from .images import BaseImage, serial_console
 
-
-class Accel(enum.StrEnum):
-    KVM = "kvm"
-    HVF = "hvf"
-    WHPX = "whpx"
-    TCG = "tcg"
-
-
-# What QEMU_VM_ACCEL may say: one of the above, or "auto".
-AUTO = "auto"
 # How long a test boot may take to print (a guest kernel prints its first line well
 # under a second with hardware acceleration).
 PROBE_SECONDS = 10.0
@@ -53,6 +42,12 @@ VERDICT_SECONDS = 24 * 3600.0
 VERDICTS_FILE = "verdicts.json"
 # The first line a Linux kernel prints (with earlyprintk, before anything else).
 KERNEL_BANNER = b"Linux version"
+# How far into a console log the banner (or the firmware's line) is looked for: it is
+# among the first lines printed.
+LOG_HEAD_BYTES = 64 << 10
+# The test boot's guest RAM: a kernel prints its banner long before it needs memory,
+# and a small guest starts fast.
+PROBE_MEM = "256M"
 
 
 @dataclass(frozen=True)
@@ -81,7 +76,7 @@ def parse_accel_help(text: str) -> set[str]:
     return names
 
 
-def qemu_accels(qemu_bin: str, timeout: float = 10.0) -> set[str] | None:
+def qemu_accels(qemu_bin: str, timeout: float = qemu.QUERY_TIMEOUT) -> set[str] | None:
     """What this QEMU binary was built with (`-accel help`); None when it cannot say."""
     try:
         out = subprocess.run(
@@ -109,11 +104,11 @@ def candidates(system: str | None = None, available: set[str] | None = None) -> 
     def listed(name: str, unknown: bool) -> bool:
         return unknown if available is None else name in available
 
-    if system.startswith("linux") and os.path.exists("/dev/kvm") and listed("kvm", True):
+    if system.startswith("linux") and os.path.exists("/dev/kvm") and listed(Accel.KVM, True):
         return [Accel.KVM, Accel.TCG]
-    if system == "darwin" and listed("hvf", True):
+    if system == "darwin" and listed(Accel.HVF, True):
         return [Accel.HVF, Accel.TCG]
-    if system == "win32" and listed("whpx", False):
+    if system == "win32" and listed(Accel.WHPX, False):
         return [Accel.WHPX, Accel.TCG]
     return [Accel.TCG]
 
@@ -122,14 +117,14 @@ def candidates(system: str | None = None, available: set[str] | None = None) -> 
 
 
 def probe_argv(
-    qemu_bin: str, accel: str, arch: str, base: BaseImage | None, log: Path
+    qemu_bin: str, accel: Accel, arch: str, base: BaseImage | None, log: Path
 ) -> list[str]:
     """The test boot's command line: the real start's machine, accelerator and CPU model,
     with the image's kernel told to print at once; without a kernel, the firmware alone
     (SeaBIOS prints on the debug console of q35; arm64's virt has none, so QEMU is only
     asked to accept the accelerator, paused)."""
     argv = [qemu_bin, "-machine", qemu.machine_arg(arch, accel), *qemu.accel_args(accel, arch)]
-    argv += ["-cpu", qemu.cpu_model(accel, arch), "-m", "256M", "-smp", "1"]
+    argv += ["-cpu", qemu.cpu_model(accel, arch), "-m", PROBE_MEM, "-smp", "1"]
     argv += ["-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot"]
     if base is not None and base.kernel is not None:
         console = serial_console(arch)
@@ -148,7 +143,7 @@ def probe_argv(
 
 
 def probe(
-    qemu_bin: str, accel: str, arch: str, base: BaseImage | None, timeout: float | None = None
+    qemu_bin: str, accel: Accel, arch: str, base: BaseImage | None, timeout: float | None = None
 ) -> str | None:
     """Test-boot `accel`; None when the guest printed, else why not (one line)."""
     if accel == Accel.TCG:
@@ -211,7 +206,7 @@ def shows_life(serial_log: Path, base: BaseImage) -> bool:
 def _holds(log: Path, marker: bytes) -> bool:
     try:
         with log.open("rb") as f:
-            return marker in f.read(1 << 16)
+            return marker in f.read(LOG_HEAD_BYTES)
     except OSError:
         return False
 
@@ -244,7 +239,7 @@ def cpu_model_name() -> str:
     return f"{platform.machine()} {platform.processor()}".strip()
 
 
-def verdict_key(identity: dict[str, str], accel: str) -> str:
+def verdict_key(identity: dict[str, str], accel: Accel) -> str:
     data = json.dumps([identity, accel], sort_keys=True).encode()
     return hashlib.sha256(data).hexdigest()[:16]
 
@@ -276,7 +271,7 @@ def remembered_stall(
     return entry if 0 <= age < VERDICT_SECONDS else None
 
 
-def remember_stall(cache_dir: Path, qemu_bin: str, accel: str, why: str) -> Path:
+def remember_stall(cache_dir: Path, qemu_bin: str, accel: Accel, why: str) -> Path:
     """Write down that `accel` could not run a guest on this host; returns the file."""
     identity = host_identity(qemu_bin)
     path = cache_dir / VERDICTS_FILE
@@ -307,7 +302,7 @@ def forget(cache_dir: Path, keys: list[str]) -> bool:
 
 def choose(
     qemu_bin: str,
-    requested: str,
+    requested: Accel,
     arch: str,
     base: BaseImage | None,
     cache_dir: Path,
@@ -320,7 +315,7 @@ def choose(
     be emulated. An explicit QEMU_VM_ACCEL is used as asked (a failed test boot is
     said, not obeyed). `refresh` forgets remembered stalls first.
     """
-    if requested != AUTO:
+    if requested != Accel.AUTO:
         accel = Accel(requested)
         why = probe(qemu_bin, accel, arch, base)
         if why is None:

@@ -1,47 +1,51 @@
-"""Booting a VM: base image, seed, disk, firmware, QEMU and its helpers, the wait, provisioning."""
+"""Booting a VM: base image, seed, disk, firmware, accelerator, QEMU and its helpers (from
+the image's template when there is one), the wait, provisioning."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ..errors import VmUnavailable
-from ..settings import VmSettings
+from ..settings import Accel, FsMode, VmSettings
 from ..ui import say, spinner, warn
 from . import (
     accel,
-    cloudinit,
     firmware,
     guest,
     keys,
     ports,
+    process,
     provision,
     qemu,
-    runtime,
+    qmp,
     savedstate,
     shares,
     templates,
 )
 from .images import BaseImage, ensure_base_image
+from .record import VmRecord, mounts_of
+from .running import BootInterrupted, Vm, remove_transient
+from .start import control_ports, keypairs, qemu_spec, start_qemu, write_seed
 from .state import StateDir
 
+# The wait for SSH (and for the guest agent beside it) gets at least this long, however
+# much of the boot timeout the way to the gate took: cloud-init and sshd start after it.
+MIN_SSH_WAIT = 30.0
+# The provisioning script run by the guest agent gets at least this long, however little
+# of that wait is left: on our images it only checks, which takes seconds.
+MIN_AGENT_PROVISIONING = 60.0
+# Once the guest answers SSH, its agent (started early in its boot) answers at once; an
+# image without one costs this once.
+AGENT_PING_TIMEOUT = 3.0
 
-def control_ports() -> dict[str, int]:
-    """QEMU for Windows: QMP and the guest agent on loopback TCP ports (no unix sockets
-    there); elsewhere they are unix sockets in the state dir and need no port."""
-    if sys.platform != "win32":
-        return {}
-    return {"qmp_port": qemu.free_port(), "qga_port": qemu.free_port()}
 
-
-def _guest_script(settings: VmSettings, fs_mode: str) -> str:
+def _guest_script(settings: VmSettings, fs_mode: FsMode) -> str:
     # The proxy settings come first: provisioning may run apt-get.
     return "\n".join(
         [
@@ -52,7 +56,7 @@ def _guest_script(settings: VmSettings, fs_mode: str) -> str:
     )
 
 
-def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> runtime.Vm:
+def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
     started = time.monotonic()
     # First, so a bad image is refused (exit 2) before anything is created or started.
     base = ensure_base_image(
@@ -69,7 +73,7 @@ def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> runtim
     fs_mode, daemon, _why = shares.choose_fs_mode(settings.fs_mode, settings.virtiofsd_bin)
     # A new VM of an image with the gate starts without its seed: from a template of
     # the image, or booting to the gate and saving one there (templates.py).
-    gated = base.gated and fs_mode != "virtiofs" and not state.disk.exists()
+    gated = base.gated and fs_mode != FsMode.VIRTIOFS and not state.disk.exists()
     if not gated:
         ensure_disk(settings, state, base)
     # Before anything starts: missing firmware is said first.
@@ -95,65 +99,54 @@ def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> runtim
         refresh=refresh,
     )
     say(choice.line())
-    cpus = qemu.guest_cpus(settings.cpus, choice.accel, runtime.cpus_explicit(settings))
-
-    record: dict[str, Any] = {
-        "name": settings.name,
-        "ssh_port": port,
-        "ssh_user": settings.ssh_user,
-        "accel": str(choice.accel),
-        "cpus": cpus,
-        "fs_mode": fs_mode,
-        "mounts": runtime.mount_record(settings),
-        "base_image": str(base.disk),
-        "base": base_record(base),
-        "image_url": settings.image_url,
-        "accel_asked": settings.accel,
-        "seed_id": seed_id,
-        "arch": settings.arch,
-        "firmware": [str(flash.code), str(flash.vars)] if flash else None,
-        **control_ports(),
-        "helpers": [],
-        "seed_hotplug": gated,
-    }
+    qmp_port, qga_port = control_ports()
+    record = VmRecord(
+        name=settings.name,
+        ssh_port=port,
+        ssh_user=settings.ssh_user,
+        accel=choice.accel,
+        cpus=qemu.guest_cpus(settings.cpus, choice.accel, settings.cpus_explicit),
+        fs_mode=fs_mode,
+        mounts=mounts_of(settings),
+        base_image=str(base.disk),
+        base=base,
+        image_url=settings.image_url,
+        accel_asked=settings.accel,
+        seed_id=seed_id,
+        arch=settings.arch,
+        firmware=flash,
+        qmp_port=qmp_port,
+        qga_port=qga_port,
+        seed_hotplug=gated,
+    )
     try:
         vm = start_and_wait(settings, state, base, record, daemon)
     except BaseException as e:
         # Nothing left running on failure (what start_and_wait owned is stopped already;
         # this sweeps what a PID file names); the serial log stays for reading.
-        runtime.remove_transient(state, state.read_runtime() or record)
+        remove_transient(state, VmRecord.read(state) or record)
         if isinstance(e, KeyboardInterrupt):
-            raise runtime.BootInterrupted(
+            raise BootInterrupted(
                 f"interrupted: stopped {settings.name} and its helpers "
                 f"(serial log: {state.serial_log})"
             ) from None
         raise
-    how = ", from its image's template" if vm.record.get("from_template") else ""
+    how = ", from its image's template" if vm.record.from_template else ""
     say(
         f"VM {settings.name} is up after {time.monotonic() - started:.1f} s "
-        f"(accel {vm.record['accel']}, {fs_mode}, ssh port {port}, {vm.record['cpus']} CPUs{how})"
+        f"(accel {vm.record.accel}, {fs_mode}, ssh port {port}, {vm.record.cpus} CPUs{how})"
     )
     return vm
-
-
-def base_record(base: BaseImage) -> dict[str, Any]:
-    return {
-        "disk": str(base.disk),
-        "format": base.format,
-        "kernel": str(base.kernel) if base.kernel else None,
-        "initrd": str(base.initrd) if base.initrd else None,
-        "cmdline": base.cmdline,
-    }
 
 
 def start_and_wait(
     settings: VmSettings,
     state: StateDir,
     base: BaseImage,
-    record: dict[str, Any],
+    record: VmRecord,
     daemon: shares.Virtiofsd | None,
-) -> runtime.Vm:
-    share_list = shares.make_shares(settings.mounts(), record["fs_mode"], state.root)
+) -> Vm:
+    share_list = shares.make_shares(settings.mounts(), record.fs_mode, state.root)
     owned = _start(settings, state, base, record, daemon, share_list)
     try:
         if _stalls(settings, state, base, record):
@@ -163,7 +156,7 @@ def start_and_wait(
     except BaseException:
         owned.close()
         raise
-    # From here the runtime record owns the processes (`vm.down`, `vm.cleanup`).
+    # From here the VM's record owns the processes (`vm.down`, `vm.cleanup`).
     owned.pop_all()
     return vm
 
@@ -172,13 +165,13 @@ def _start(
     settings: VmSettings,
     state: StateDir,
     base: BaseImage,
-    record: dict[str, Any],
+    record: VmRecord,
     daemon: shares.Virtiofsd | None,
     share_list: list[qemu.Share],
 ) -> contextlib.ExitStack:
     """Start a new VM the way its image allows: from the image's template, else from
     power-on. The returned stack stops what was started."""
-    if record["seed_hotplug"]:
+    if record.seed_hotplug:
         owned = _start_from_template(settings, state, base, record, share_list)
         if owned is not None:
             return owned
@@ -186,19 +179,19 @@ def _start(
     return _start_processes(settings, state, base, record, daemon, share_list)
 
 
-def _stalls(settings: VmSettings, state: StateDir, base: BaseImage, record: dict[str, Any]) -> bool:
+def _stalls(settings: VmSettings, state: StateDir, base: BaseImage, record: VmRecord) -> bool:
     """Whether a guest started under an auto-chosen hardware accelerator printed nothing
     on its serial console in its first seconds (SPEC 9.1: the accelerator passed its test
     boot and runs no guest)."""
-    if record["accel"] == accel.Accel.TCG or settings.accel != accel.AUTO:
+    if record.accel == Accel.TCG or settings.accel != Accel.AUTO:
         return False
-    if record.get("from_template"):
+    if record.from_template:
         return False  # it ran under this accelerator before, and saved itself
     deadline = time.monotonic() + accel.STALL_SECONDS
     while time.monotonic() < deadline:
         if accel.shows_life(state.serial_log, base):
             return False
-        if not qemu.is_ours(record["pid"], str(state.root)):
+        if not process.is_ours(record.pid, str(state.root)):
             return False  # died: the boot wait says why, with the serial log
         time.sleep(0.5)
     return True
@@ -208,13 +201,13 @@ def _after_a_stall(
     settings: VmSettings,
     state: StateDir,
     base: BaseImage,
-    record: dict[str, Any],
+    record: VmRecord,
     daemon: shares.Virtiofsd | None,
     share_list: list[qemu.Share],
 ) -> contextlib.ExitStack:
     """Remember the stall and start the VM again under TCG, as any new VM starts (from
     its image's template when there is one)."""
-    stalled = record["accel"]
+    stalled = record.accel
     why = f"a real guest printed nothing in {accel.STALL_SECONDS:.0f} s"
     verdicts = accel.remember_stall(settings.image_cache_dir, settings.qemu_bin, stalled, why)
     warn(
@@ -222,9 +215,9 @@ def _after_a_stall(
         f"TCG; new VMs on this host use TCG for a day (remembered in {verdicts}; "
         f"vm.up --refresh tests {stalled} again)"
     )
-    record["accel"] = str(accel.Accel.TCG)
-    record["cpus"] = qemu.guest_cpus(settings.cpus, "tcg", runtime.cpus_explicit(settings))
-    if record["seed_hotplug"]:
+    record.accel = Accel.TCG
+    record.cpus = qemu.guest_cpus(settings.cpus, Accel.TCG, settings.cpus_explicit)
+    if record.seed_hotplug:
         state.disk.unlink(missing_ok=True)  # the stalled guest's: a new one, or the template's
     return _start(settings, state, base, record, daemon, share_list)
 
@@ -233,7 +226,7 @@ def _start_processes(
     settings: VmSettings,
     state: StateDir,
     base: BaseImage,
-    record: dict[str, Any],
+    record: VmRecord,
     daemon: shares.Virtiofsd | None,
     share_list: list[qemu.Share],
 ) -> contextlib.ExitStack:
@@ -243,18 +236,21 @@ def _start_processes(
     marker = str(state.root)
     owned = contextlib.ExitStack()
     try:
-        record["helpers"] = []
+        record.helpers = []
         if daemon:
             for share in share_list:
                 log = state.root / f"virtiofsd-{share.tag}.log"
                 pid = shares.start_virtiofsd(
-                    daemon, share, log, on_start=lambda p: owned.callback(qemu.terminate, p, marker)
+                    daemon,
+                    share,
+                    log,
+                    on_start=lambda p: owned.callback(process.terminate, p, marker),
                 )
                 (state.root / f"virtiofsd-{share.tag}.pid").write_text(f"{pid}\n")
-                record["helpers"].append(pid)
-                state.write_runtime(record)
+                record.helpers.append(pid)
+                record.write(state)
         start_qemu(settings, state, base, record, share_list)
-        owned.callback(qemu.quit_now, record["pid"], runtime.qmp_address(state, record), marker)
+        owned.callback(process.quit_now, record.pid, record.qmp_address(state), marker)
     except BaseException:
         owned.close()
         raise
@@ -265,7 +261,7 @@ def _template_name(
     settings: VmSettings,
     state: StateDir,
     base: BaseImage,
-    record: dict[str, Any],
+    record: VmRecord,
     share_list: list[qemu.Share],
 ) -> str:
     spec = qemu_spec(settings, state, base, record, share_list)
@@ -281,7 +277,7 @@ def _start_from_template(
     settings: VmSettings,
     state: StateDir,
     base: BaseImage,
-    record: dict[str, Any],
+    record: VmRecord,
     share_list: list[qemu.Share],
 ) -> contextlib.ExitStack | None:
     """Start a new VM from its image's template, running on from the gate; the stack
@@ -296,11 +292,11 @@ def _start_from_template(
     try:
         templates.copy_disk(tpl, state.disk)
         start_qemu(settings, state, base, record, share_list, extra=savedstate.RESUME_ARGS)
-        qmp = runtime.qmp_address(state, record)
-        owned.callback(qemu.quit_now, record["pid"], qmp, marker)
+        qmp_address = record.qmp_address(state)
+        owned.callback(process.quit_now, record.pid, qmp_address, marker)
         with spinner(f"starting {settings.name} from its image's template"):
-            savedstate.restore(tpl.state, qmp, qemu.version(settings.qemu_bin))
-            savedstate.run_guest(qmp)
+            savedstate.restore(tpl.state, qmp_address, qemu.version(settings.qemu_bin))
+            savedstate.run_guest(qmp_address)
     except (savedstate.RestoreFailed, OSError, ValueError) as e:
         owned.close()
         templates.discard(tpl)
@@ -310,8 +306,8 @@ def _start_from_template(
     except BaseException:
         owned.close()
         raise
-    record["from_template"] = True
-    state.write_runtime(record)
+    record.from_template = True
+    record.write(state)
     return owned
 
 
@@ -319,21 +315,21 @@ def _through_the_gate(
     settings: VmSettings,
     state: StateDir,
     base: BaseImage,
-    record: dict[str, Any],
+    record: VmRecord,
     share_list: list[qemu.Share],
     progress: Callable[[float, str], None],
 ) -> float:
     """The guest waits at the gate for its seed: save the template there when it booted
     from power-on, then hot-plug the seed; from then on it is a VM like any other.
     The seconds it took to reach the gate."""
-    qmp = runtime.qmp_address(state, record)
+    qmp_address = record.qmp_address(state)
     waited = 0.0
-    if not record.get("from_template"):
-        pid = record["pid"]
+    if not record.from_template:
+        pid = record.pid
         try:
             waited = templates.wait_for_gate(
                 state.serial_log,
-                alive=lambda: qemu.is_ours(pid, str(state.root)),
+                alive=lambda: process.is_ours(pid, str(state.root)),
                 timeout=settings.boot_timeout,
                 on_progress=lambda w: progress(w, "booting to the gate"),
             )
@@ -348,18 +344,18 @@ def _through_the_gate(
             templates.save(
                 _template_cache(settings),
                 name,
-                qmp,
+                qmp_address,
                 state.disk,
                 qemu.version(settings.qemu_bin),
                 info,
             )
         except savedstate.SaveFailed as e:
             warn(f"could not save a template of the image ({e}); new VMs boot in full")
-    qemu.attach_seed(qmp, state.seed)
-    record["seed_hotplug"] = False
+    qmp.attach_seed(qmp_address, state.seed)
+    record.seed_hotplug = False
     # What runs now, as a later save and resume start it: the seed on QEMU's command line.
-    record["qemu_argv"] = qemu.build_argv(qemu_spec(settings, state, base, record, share_list))
-    state.write_runtime(record)
+    record.qemu_argv = qemu.build_argv(qemu_spec(settings, state, base, record, share_list))
+    record.write(state)
     return waited
 
 
@@ -367,34 +363,34 @@ def _wait_and_provision(
     settings: VmSettings,
     state: StateDir,
     base: BaseImage,
-    record: dict[str, Any],
+    record: VmRecord,
     share_list: list[qemu.Share],
-) -> runtime.Vm:
-    conn = guest.connection(record["ssh_port"], settings.ssh_user, state.key, state.known_hosts)
+) -> Vm:
+    conn = guest.connection(record.ssh_port, settings.ssh_user, state.key, state.known_hosts)
     with spinner("booting") as booting:
 
         def progress(waited: float, line: str) -> None:
             booting.update(f"waiting for the guest ({waited:.0f} s): {line}")
 
         left = settings.boot_timeout
-        if record["seed_hotplug"]:
+        if record.seed_hotplug:
             left -= _through_the_gate(settings, state, base, record, share_list, progress)
-        script = _guest_script(settings, record["fs_mode"])
-        qga = runtime.qga_address(state, record)
+        script = _guest_script(settings, record.fs_mode)
+        qga = record.qga_address(state)
         # Our images have the guest agent, which starts with sshd: provisioning runs
         # through it while the first SSH login is made (each costs seconds under TCG).
-        early = _AgentProvisioning(qga, script, left, bool(record.get("from_template")))
+        early = _AgentProvisioning(qga, script, left, record.from_template)
         if base.gated and qga:
             early.start()
-        pid = record["pid"]
+        pid = record.pid
         waited = guest.wait_ready(
             conn,
-            alive=lambda: qemu.is_ours(pid, str(state.root)),
+            alive=lambda: process.is_ours(pid, str(state.root)),
             serial_log=state.serial_log,
-            timeout=max(left, 30.0),
+            timeout=max(left, MIN_SSH_WAIT),
             on_progress=progress,
         )
-        record["ssh_ready_seconds"] = round(waited, 1)
+        record.ssh_ready_seconds = round(waited, 1)
         booting.update("mounting shares and provisioning")
         if early.ident is not None:
             early.give_up.set()  # not connected yet: over SSH, now that it answers
@@ -403,62 +399,9 @@ def _wait_and_provision(
             raise early.error
         if not early.done:
             guest.run_root_script(conn, script, "provisioning")
-        record["guest_agent"] = early.done or _agent_answers(
-            qga, set_time=bool(record.get("from_template"))
-        )
-    state.write_runtime(record)
-    return runtime.Vm(settings, record, conn, booted=True)
-
-
-def qemu_spec(
-    settings: VmSettings,
-    state: StateDir,
-    base: BaseImage,
-    record: dict[str, Any],
-    share_list: list[qemu.Share],
-    extra: tuple[str, ...] = (),
-) -> qemu.QemuSpec:
-    return qemu.QemuSpec(
-        qemu_bin=settings.qemu_bin,
-        name=settings.name,
-        arch=settings.arch,
-        accel=record["accel"],
-        mem_mb=settings.mem_mb,
-        cpus=record["cpus"],
-        disk=state.disk,
-        seed=state.seed,
-        ssh_port=record["ssh_port"],
-        pidfile=state.pidfile,
-        serial_log=state.serial_log,
-        qmp_socket=state.qmp_socket,
-        qga_socket=state.qga_socket,
-        fs_mode=record["fs_mode"],
-        shares=tuple(share_list),
-        base=base,
-        extra=extra,
-        firmware=firmware.Pflash(*map(Path, record["firmware"]))
-        if record.get("firmware")
-        else None,
-        qmp_port=record.get("qmp_port"),
-        qga_port=record.get("qga_port"),
-        seed_attached=not record.get("seed_hotplug"),
-    )
-
-
-def start_qemu(
-    settings: VmSettings,
-    state: StateDir,
-    base: BaseImage,
-    record: dict[str, Any],
-    share_list: list[qemu.Share],
-    extra: tuple[str, ...] = (),
-) -> None:
-    spec = qemu_spec(settings, state, base, record, share_list, extra)
-    state.serial_log.unlink(missing_ok=True)
-    argv = qemu.build_argv(spec)  # pure: the argv `start` runs
-    pid = qemu.start(spec)
-    record.update(pid=pid, started_at=time.time(), qemu_argv=argv)
-    state.write_runtime(record)
+        record.guest_agent = early.done or _agent_answers(qga, set_time=record.from_template)
+    record.write(state)
+    return Vm(settings, record, conn, booted=True)
 
 
 class _AgentProvisioning(threading.Thread):
@@ -469,7 +412,7 @@ class _AgentProvisioning(threading.Thread):
     def __init__(self, qga: qemu.Address | None, script: str, timeout: float, set_time: bool):
         super().__init__(name="provisioning", daemon=True)
         self.qga, self.script, self.set_time = qga, script, set_time
-        self.deadline = time.monotonic() + max(timeout, 30.0)
+        self.deadline = time.monotonic() + max(timeout, MIN_SSH_WAIT)
         self.done = False
         self.error: VmUnavailable | None = None
         self.give_up = threading.Event()
@@ -477,18 +420,18 @@ class _AgentProvisioning(threading.Thread):
     def run(self) -> None:
         while True:
             try:
-                agent = qemu.guest_agent(self.qga, timeout=1.0)
+                agent = qmp.guest_agent(self.qga)
                 break
-            except qemu.GuestAgentError:
+            except qmp.GuestAgentError:
                 if time.monotonic() > self.deadline or self.give_up.wait(0.2):
                     return
         try:
             with agent:
-                left = max(self.deadline - time.monotonic(), 60.0)
+                left = max(self.deadline - time.monotonic(), MIN_AGENT_PROVISIONING)
                 code, output = agent.run_captured(["/bin/sh", "-euc", self.script], left)
                 if code == 0 and self.set_time:
                     agent.set_time()
-        except qemu.GuestAgentError:
+        except qmp.GuestAgentError:
             return  # over SSH instead
         if code != 0:
             self.error = VmUnavailable(
@@ -503,66 +446,13 @@ def _agent_answers(qga: qemu.Address, set_time: bool = False) -> bool:
     agent started early in its boot; an image without one costs this one timeout.
     `set_time`: a guest from a template has its RTC's time, to the second; made exact."""
     try:
-        with qemu.guest_agent(qga, timeout=3.0) as agent:
+        with qmp.guest_agent(qga, timeout=AGENT_PING_TIMEOUT) as agent:
             agent.call("guest-ping")
             if set_time:
                 agent.set_time()
             return True
-    except qemu.GuestAgentError:
+    except qmp.GuestAgentError:
         return False
-
-
-def keypairs(settings: VmSettings, state: StateDir) -> tuple[keys.KeyPair, keys.KeyPair]:
-    """The VM's client key and its guest host key, made on its first boot."""
-    client = keys.ensure_keypair(state.key, f"patchbay-vm-{settings.name}")
-    host = keys.ensure_keypair(state.host_key, f"root@{settings.name}")
-    return client, host
-
-
-def write_seed(
-    settings: VmSettings, state: StateDir, client: keys.KeyPair, host: keys.KeyPair
-) -> str:
-    """Write the seed ISO when its contents changed; returns its instance id."""
-    seed, instance_id = render_seed(settings, client, host)
-    if state.seed.exists():
-        with contextlib.suppress(Exception):  # unreadable: written again
-            if cloudinit.read_seed_iso(state.seed) == seed:
-                # Unchanged: the file a saved guest state was made with stays as it was.
-                return instance_id
-    cloudinit.write_seed_iso(seed, state.seed)
-    return instance_id
-
-
-def render_seed(
-    settings: VmSettings, client: keys.KeyPair, host: keys.KeyPair
-) -> tuple[dict[str, str], str]:
-    templates = cloudinit.template_dir(settings.project_dir)
-    values: dict[str, str | int] = {
-        "user": settings.ssh_user,
-        "uid": guest_uid(),
-        "hostname": settings.name,
-        "authorized_key": client.public_line,
-        "host_private_key": host.private_text,
-        "host_public_key": host.public_line,
-        "instance_id": "",
-    }
-    # The instance id follows the keys and the user-data, so a changed seed is
-    # applied again on a kept disk (SPEC 9.7).
-    probe = cloudinit.render_seed(templates, values)
-    values["instance_id"] = "iid-patchbay-" + keys.fingerprint(
-        client.public_line, host.public_line, probe["user-data"], probe["network-config"]
-    )
-    return cloudinit.render_seed(templates, values), str(values["instance_id"])
-
-
-def guest_uid() -> int:
-    """The guest user's uid: the host user's when that is a normal user's.
-
-    Shared folders pass uids through, so matching them makes the guest user the
-    owner of the host user's files.
-    """
-    uid = os.getuid()
-    return uid if 1000 <= uid < 60000 else 1000
 
 
 def ensure_disk(settings: VmSettings, state: StateDir, base: BaseImage) -> None:

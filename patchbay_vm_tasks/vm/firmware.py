@@ -14,10 +14,11 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path, PurePath
 
 from ..errors import UsageError, VmUnavailable
+from ..settings import FirmwareMode
 
 # Every pflash unit of the arm64 `virt` machine is 64 MiB: QEMU refuses a smaller
 # image ("device requires 67108864 bytes"). Homebrew's and Debian's AAVMF files are
@@ -25,7 +26,7 @@ from ..errors import UsageError, VmUnavailable
 VIRT_PFLASH_SIZE = 64 * 1024 * 1024
 
 
-class BootMode(Enum):
+class BootMode(StrEnum):
     """How the guest starts."""
 
     KERNEL = "kernel"  # -kernel/-append/-initrd from an image we built
@@ -101,7 +102,7 @@ _VARS_SIBLING = {
 }
 
 
-def boot_mode(arch: str, firmware_setting: str, has_kernel: bool) -> BootMode:
+def boot_mode(arch: str, firmware_setting: FirmwareMode | PurePath, has_kernel: bool) -> BootMode:
     """How a guest of `arch` starts, given QEMU_VM_FIRMWARE and whether the base image
     brings its own kernel (then `-kernel`: our images have no bootloader)."""
     if has_kernel:
@@ -110,7 +111,8 @@ def boot_mode(arch: str, firmware_setting: str, has_kernel: bool) -> BootMode:
         return BootMode.UEFI  # `virt` has no BIOS
     # x86_64: the image's bootloader through SeaBIOS unless UEFI is asked for (Debian's
     # generic images boot with either).
-    return BootMode.BIOS if firmware_setting in ("auto", "bios") else BootMode.UEFI
+    bios = firmware_setting in (FirmwareMode.AUTO, FirmwareMode.BIOS)
+    return BootMode.BIOS if bios else BootMode.UEFI
 
 
 def _under(root: Path | None, path: str | PurePath) -> Path:
@@ -156,18 +158,18 @@ def find_firmware(
     arch: str,
     system: str | None = None,
     qemu_path: str | PurePath | None = None,
-    override: str | None = None,
+    override: FirmwareMode | PurePath | None = None,
     root: Path | None = None,
 ) -> Firmware:
     """The UEFI firmware for a guest of `arch`; VmUnavailable, saying what to install,
     when there is none.
 
-    `override` is QEMU_VM_FIRMWARE when it names a file: it wins, and its vars template
+    `override` is QEMU_VM_FIRMWARE; when it names a file, that wins, and its vars template
     is a known sibling (`AAVMF_VARS.fd` beside `AAVMF_CODE.fd`, ...) when there is one.
     `root` stands for `/` (tests); `qemu_path` is the resolved QEMU binary.
     """
     system = system or sys.platform
-    if override and override not in ("auto", "uefi", "bios"):
+    if isinstance(override, PurePath):
         code = _under(root, override)
         if not code.is_file():
             raise UsageError(f"QEMU_VM_FIRMWARE: no file at {override}")
@@ -276,7 +278,7 @@ def prepare(fw: Firmware, state_dir: Path, vars_path: Path) -> Pflash:
 
 def pflash_for(
     arch: str,
-    firmware_setting: str,
+    firmware_setting: FirmwareMode | PurePath,
     has_kernel: bool,
     qemu_bin: str,
     state_dir: Path,
@@ -284,7 +286,7 @@ def pflash_for(
     system: str | None = None,
 ) -> Pflash | None:
     """The firmware files of a boot, or None when QEMU needs none (direct kernel boot,
-    SeaBIOS). The one call `lifecycle` makes before building the QEMU spec."""
+    SeaBIOS). The one call a boot makes before building the QEMU spec."""
     if boot_mode(arch, firmware_setting, has_kernel) is not BootMode.UEFI:
         return None
     fw = find_firmware(arch, system, qemu_path_of(qemu_bin), firmware_setting)

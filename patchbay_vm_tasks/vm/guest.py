@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import invoke
 
 from ..errors import VmUnavailable
+from .ports import LOOPBACK
 
 if TYPE_CHECKING:
     import fabric
@@ -27,6 +28,14 @@ if TYPE_CHECKING:
 # we report failures ourselves.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 logging.getLogger("paramiko").propagate = False
+
+# QEMU's port forward accepts a connection on the host's loopback at once.
+SSH_CONNECT_TIMEOUT = 10
+# sshd's banner and our login: about a second each under TCG (SPEC 10); more on a busy
+# host, and a guest still booting is retried by `wait_ready` anyway.
+SSH_HANDSHAKE_TIMEOUT = 15
+# The boot wait's probe for sshd's greeting: a refused or silent port is retried.
+BANNER_TIMEOUT = 3
 
 
 def transport_errors() -> tuple[type[BaseException], ...]:
@@ -48,17 +57,17 @@ def connection(port: int, user: str, key: Path, known_hosts: Path) -> fabric.Con
 
     config = fabric.Config(overrides={"load_ssh_configs": False, "run": {"echo": False}})
     conn = fabric.Connection(
-        "127.0.0.1",
+        LOOPBACK,
         user=user,
         port=port,
         config=config,
-        connect_timeout=10,
+        connect_timeout=SSH_CONNECT_TIMEOUT,
         connect_kwargs={
             "key_filename": [str(key)],
             "look_for_keys": False,
             "allow_agent": False,
-            "banner_timeout": 15,
-            "auth_timeout": 15,
+            "banner_timeout": SSH_HANDSHAKE_TIMEOUT,
+            "auth_timeout": SSH_HANDSHAKE_TIMEOUT,
         },
     )
     # Fabric trusts unknown keys and consults ~/.ssh/known_hosts first; a stale entry
@@ -130,7 +139,7 @@ def _banner(port: int) -> bool:
     """True once sshd greets; QEMU's user networking accepts and drops connections
     before that, which costs nothing to find out this way."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        with socket.create_connection((LOOPBACK, port), timeout=BANNER_TIMEOUT) as s:
             return s.recv(4).startswith(b"SSH-")
     except OSError:
         return False

@@ -11,12 +11,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import TaskError, UsageError, VmUnavailable
 from ..settings import VmSettings
-from . import (
-    guest,
-    lifecycle,
-    openssh,
-    runtime,
-)
+from . import guest, lifecycle, openssh
+from .ports import LOOPBACK
+from .state import state_of
 
 if TYPE_CHECKING:
     import fabric
@@ -31,7 +28,7 @@ def ssh_config_text(name: str, port: int, user: str, key: Path, known_hosts: Pat
     """An OpenSSH `Host` block for the VM: the pinned host key, checked strictly."""
     lines = [
         f"Host {name}",
-        "  HostName 127.0.0.1",
+        f"  HostName {LOOPBACK}",
         f"  Port {port}",
         f"  User {user}",
         f"  IdentityFile {_ssh_value(str(key))}",
@@ -44,9 +41,9 @@ def ssh_config_text(name: str, port: int, user: str, key: Path, known_hosts: Pat
 def ssh_config(settings: VmSettings) -> str:
     """The `Host` block of the running VM (`ssh -F FILE NAME`, `scp -F`, `rsync -e`)."""
     record = lifecycle.running_record(settings)
-    state = runtime.state_of(settings)
+    state = state_of(settings)
     return ssh_config_text(
-        settings.name, record["ssh_port"], record["ssh_user"], state.key, state.known_hosts
+        settings.name, record.ssh_port, record.ssh_user, state.key, state.known_hosts
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..files import write_atomic
+from .ports import LOOPBACK
 
 # Private keys, and the seed ISO that holds the guest's host key: the user's alone.
 PRIVATE_MODE = 0o600
@@ -54,7 +55,7 @@ def ensure_keypair(path: Path, comment: str) -> KeyPair:
 def write_known_hosts(path: Path, port: int, host_key: KeyPair) -> None:
     """Pin the guest host key for 127.0.0.1:port, the only way we reach the guest."""
     key_type, key_b64 = host_key.public_line.split()[:2]
-    write_atomic(path, f"[127.0.0.1]:{port} {key_type} {key_b64}\n".encode(), 0o644)
+    write_atomic(path, f"[{LOOPBACK}]:{port} {key_type} {key_b64}\n".encode(), 0o644)
 
 
 def fingerprint(*parts: str) -> str:

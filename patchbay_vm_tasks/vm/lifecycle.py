@@ -1,5 +1,5 @@
 """The VM lifecycle: up, down, status, cleanup, list, destroy. Tasks and the CLI call these;
-booting, resuming, the runtime record, ports and copies live in their own modules."""
+booting, resuming, the VM's record, ports and copies live in their own modules."""
 
 from __future__ import annotations
 
@@ -8,34 +8,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError, VmUnavailable
-from ..settings import VmSettings
+from ..settings import FsMode, VmSettings
 from ..ui import say, spinner
-from . import (
-    boot,
-    guest,
-    openssh,
-    qemu,
-    resume,
-    runtime,
-    savedstate,
-    shares,
-)
-from .state import StateDir, locked
+from . import boot, guest, openssh, process, qmp, resume, savedstate, shares
+from .record import VmRecord, mounts_of
+from .running import Vm, remove_transient, running_pid
+from .state import StateDir, locked, state_of
+
+# A QEMU that runs answers `query-status` at once; a warm `up` that waits longer for it
+# would cost more than the SSH handshake it saves.
+STATUS_TIMEOUT = 2.0
 
 if TYPE_CHECKING:
     import fabric
 
 
-def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> runtime.Vm:
+def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> Vm:
     """Boot the VM or reuse the running one; make sure the mounts are there.
 
     `refresh`: look for a newer base image now, not only on the first boot of the day,
     and test again an accelerator remembered as unable to run a guest (accel.py).
     """
-    state = runtime.state_of(settings)
+    state = state_of(settings)
     with locked(state):
-        pid = runtime.running_pid(state)
-        record = state.read_runtime()
+        pid = running_pid(state)
+        record = VmRecord.read(state)
         if pid and recreate:
             say(f"stopping {settings.name} to recreate it")
             _stop(state, pid, record)
@@ -46,13 +43,13 @@ def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> r
             _check_same_mounts(settings, record)
             if _answers_without_ssh(settings, state, record):
                 # The connection opens (one handshake) only when a task sends a command.
-                return runtime.Vm(settings, record, None, booted=False)
+                return Vm(settings, record, None, booted=False)
             conn = _connect(state, record)
             # Provisioned when it booted; only make sure the shares are still mounted.
-            script = shares.mount_script(settings.mounts(), record["fs_mode"], settings.ssh_user)
+            script = shares.mount_script(settings.mounts(), record.fs_mode, settings.ssh_user)
             guest.run_root_script(conn, script, "mounting")
-            return runtime.Vm(settings, record, conn, booted=False)
-        runtime.remove_transient(state, record)
+            return Vm(settings, record, conn, booted=False)
+        remove_transient(state, record)
         if recreate:
             savedstate.discard(state)
             # A fresh disk gets fresh firmware boot entries too.
@@ -67,44 +64,40 @@ def up(settings: VmSettings, recreate: bool = False, refresh: bool = False) -> r
         return boot.boot(settings, state, refresh)
 
 
-def _answers_without_ssh(settings: VmSettings, state: StateDir, record: dict[str, Any]) -> bool:
+def _answers_without_ssh(settings: VmSettings, state: StateDir, record: VmRecord) -> bool:
     """True when QEMU runs the guest (QMP), its helpers live, and the guest agent answers
     that every share is mounted: a warm `up` then needs no SSH handshake (about 1 s under
     TCG). False sends the caller down the SSH path, which also repairs the mounts."""
-    if not record.get("guest_agent"):
+    if not record.guest_agent:
         return False  # an image without the agent (the official cloud image)
     marker = str(state.root)
-    if not all(qemu.is_ours(pid, marker) for pid in record.get("helpers", [])):
+    if not all(process.is_ours(pid, marker) for pid in record.helpers):
         return False
     try:
-        if (
-            qemu.qmp(runtime.qmp_address(state, record), "query-status", timeout=2.0)
-            .get("return", {})
-            .get("status")
-            != "running"
-        ):
+        reply = qmp.execute(record.qmp_address(state), "query-status", timeout=STATUS_TIMEOUT)
+        if reply.get("return", {}).get("status") != "running":
             return False
-        with qemu.guest_agent(runtime.qga_address(state, record)) as agent:
-            if record.get("fs_mode") == shares.NO_SHARES:
+        with qmp.guest_agent(record.qga_address(state)) as agent:
+            if record.fs_mode == FsMode.NONE:
                 agent.read_file(shares.COPIED_MARK)  # made at boot; raises when absent
                 return True
             table = agent.read_file("/proc/self/mounts").decode(errors="replace")
             return shares.all_mounted(table, settings.mounts())
-    except (OSError, ValueError, qemu.GuestAgentError):
+    except (OSError, ValueError, qmp.GuestAgentError):
         return False
 
 
-def _check_same_fs_mode(settings: VmSettings, record: dict[str, Any]) -> None:
-    asked, running = str(settings.fs_mode), record.get("fs_mode")
-    if asked != "auto" and asked != running:
+def _check_same_fs_mode(settings: VmSettings, record: VmRecord) -> None:
+    asked, running = settings.fs_mode, record.fs_mode
+    if asked != FsMode.AUTO and asked != running:
         raise UsageError(
             f"VM {settings.name} runs with fs mode {running} and QEMU_VM_FS asks for {asked}; "
             f"run again with --recreate to restart it so, or `vm.down` first"
         )
 
 
-def _check_same_arch(settings: VmSettings, record: dict[str, Any]) -> None:
-    running = record.get("arch", "amd64")
+def _check_same_arch(settings: VmSettings, record: VmRecord) -> None:
+    running = record.arch
     if running != settings.arch:
         raise UsageError(
             f"VM {settings.name} runs an {running} guest and {settings.arch} is asked for "
@@ -112,12 +105,12 @@ def _check_same_arch(settings: VmSettings, record: dict[str, Any]) -> None:
         )
 
 
-def _check_same_mounts(settings: VmSettings, record: dict[str, Any]) -> None:
-    wanted = runtime.mount_record(settings)
-    have = record.get("mounts", [])
+def _check_same_mounts(settings: VmSettings, record: VmRecord) -> None:
+    wanted = mounts_of(settings)
+    have = record.mounts
     if wanted != have:
         diff = [
-            f"  {w['guest']}: running with {h['host']}, asked for {w['host']}"
+            f"  {w.guest}: running with {h.host}, asked for {w.host}"
             for w, h in zip(wanted, have, strict=False)
             if w != h
         ]
@@ -128,14 +121,14 @@ def _check_same_mounts(settings: VmSettings, record: dict[str, Any]) -> None:
         )
 
 
-def _connect(state: StateDir, record: dict[str, Any]) -> fabric.Connection:
-    conn = guest.connection(record["ssh_port"], record["ssh_user"], state.key, state.known_hosts)
+def _connect(state: StateDir, record: VmRecord) -> fabric.Connection:
+    conn = guest.connection(record.ssh_port, record.ssh_user, state.key, state.known_hosts)
     try:
         conn.open()
     except guest.transport_errors() as e:
         raise VmUnavailable(
-            f"VM {record['name']} runs (PID {record.get('pid')}) but SSH on port "
-            f"{record['ssh_port']} does not answer: {e}. Try `vm.up --recreate`."
+            f"VM {record.name} runs (PID {record.pid}) but SSH on port "
+            f"{record.ssh_port} does not answer: {e}. Try `vm.up --recreate`."
         ) from None
     return conn
 
@@ -143,12 +136,12 @@ def _connect(state: StateDir, record: dict[str, Any]) -> fabric.Connection:
 def down(settings: VmSettings, poweroff: bool = False) -> str:
     """Stop the VM: save the guest so the next `up` resumes it, or (`poweroff`, or when
     it cannot be saved) shut it down."""
-    state = runtime.state_of(settings)
+    state = state_of(settings)
     with locked(state):
-        pid = runtime.running_pid(state)
-        record = state.read_runtime()
+        pid = running_pid(state)
+        record = VmRecord.read(state)
         if not pid:
-            removed = runtime.remove_transient(state, record)
+            removed = remove_transient(state, record)
             return f"VM {settings.name} is not running" + (
                 f"; removed {len(removed)} stale file(s)" if removed else ""
             )
@@ -163,7 +156,7 @@ def down(settings: VmSettings, poweroff: bool = False) -> str:
             except savedstate.SaveFailed as e:
                 why_not = f"saving it failed: {e}"
             else:
-                runtime.remove_transient(state, record)
+                remove_transient(state, record)
                 return (
                     f"VM {settings.name} saved ({saved.size / 1e6:.0f} MB in "
                     f"{saved.seconds:.1f} s); the next vm.up resumes it"
@@ -172,45 +165,46 @@ def down(settings: VmSettings, poweroff: bool = False) -> str:
         return f"VM {settings.name} stopped ({how}; not saved: {why_not}; the next vm.up boots)"
 
 
-def _stop(state: StateDir, pid: int | None, record: dict[str, Any] | None) -> str:
+def _stop(state: StateDir, pid: int | None, record: VmRecord | None) -> str:
     how = "not running"
     if pid:
+        qmp_address = (record or VmRecord()).qmp_address(state)
         with spinner("shutting the guest down"):
-            how = qemu.shutdown(pid, runtime.qmp_address(state, record or {}), str(state.root))
-    runtime.remove_transient(state, record)
+            how = process.shutdown(pid, qmp_address, str(state.root))
+    remove_transient(state, record)
     return how
 
 
 def cleanup(settings: VmSettings) -> str:
-    state = runtime.state_of(settings)
+    state = state_of(settings)
     if not state.root.exists():
         return f"nothing to clean: {state.root} does not exist"
     with locked(state):
-        if runtime.running_pid(state):
+        if running_pid(state):
             return f"VM {settings.name} is running; nothing is stale (use `vm.down` to stop it)"
-        removed = runtime.remove_transient(state, state.read_runtime())
+        removed = remove_transient(state, VmRecord.read(state))
     if not removed:
         return f"nothing stale in {state.root}"
     return f"removed {len(removed)} stale file(s): " + ", ".join(p.name for p in removed)
 
 
 def status(settings: VmSettings) -> dict[str, Any]:
-    state = runtime.state_of(settings)
-    pid = runtime.running_pid(state)
-    record = (state.read_runtime() or {}) if pid else {}
-    mounts = record.get("mounts") or runtime.mount_record(settings)
+    state = state_of(settings)
+    pid = running_pid(state)
+    record = (VmRecord.read(state) if pid else None) or VmRecord()
+    mounts = record.mounts or mounts_of(settings)
     return {
         "name": settings.name,
         "running": bool(pid),
         "pid": pid,
-        "ssh_port": record.get("ssh_port"),
-        "ssh_user": record.get("ssh_user", settings.ssh_user),
-        "accel": record.get("accel"),
-        "fs_mode": record.get("fs_mode"),
+        "ssh_port": record.ssh_port,
+        "ssh_user": settings.ssh_user if record.ssh_user is None else record.ssh_user,
+        "accel": None if record.accel is None else str(record.accel),
+        "fs_mode": None if record.fs_mode is None else str(record.fs_mode),
         "state_dir": str(state.root),
-        "mounts": mounts,
-        "base_image": record.get("base_image"),
-        "started_at": record.get("started_at"),
+        "mounts": [m.to_json() for m in mounts],
+        "base_image": record.base_image,
+        "started_at": record.started_at,
         # What this task resolved (flags, env, config, defaults): useful when stopped too.
         "settings": settings.asked_for(),
     }
@@ -241,20 +235,20 @@ def format_status(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def running_record(settings: VmSettings) -> dict[str, Any]:
-    """The runtime record of the running VM; VmUnavailable when it is not running."""
-    state = runtime.state_of(settings)
-    pid = runtime.running_pid(state)
-    record = state.read_runtime()
+def running_record(settings: VmSettings) -> VmRecord:
+    """The record of the running VM; VmUnavailable when it is not running."""
+    state = state_of(settings)
+    pid = running_pid(state)
+    record = VmRecord.read(state)
     if not pid or not record:
         raise VmUnavailable(f"VM {settings.name} is not running; start it with `vm.up`")
     return record
 
 
-def require_running(settings: VmSettings) -> runtime.Vm:
+def require_running(settings: VmSettings) -> Vm:
     """Connect to the running VM without booting it (`vm.cp`; `vm.ssh` without OpenSSH)."""
     record = running_record(settings)
-    return runtime.Vm(settings, record, _connect(runtime.state_of(settings), record), booted=False)
+    return Vm(settings, record, _connect(state_of(settings), record), booted=False)
 
 
 def list_vms(project_dir: Path) -> list[dict[str, Any]]:
@@ -262,14 +256,14 @@ def list_vms(project_dir: Path) -> list[dict[str, Any]]:
     vms = []
     for root in sorted((project_dir / ".qemu-vm").glob("*/")):
         state = StateDir(root)
-        pid = runtime.running_pid(state)
-        record = (state.read_runtime() or {}) if pid else {}
+        pid = running_pid(state)
+        record = (VmRecord.read(state) if pid else None) or VmRecord()
         vms.append(
             {
                 "name": root.name,
                 "state": "running" if pid else "stopped",
                 "pid": pid,
-                "ssh_port": record.get("ssh_port"),
+                "ssh_port": record.ssh_port,
                 "last_ssh_port": state.read_last_port(),
                 "state_dir": str(root),
             }
@@ -290,12 +284,12 @@ def format_list(vms: list[dict[str, Any]]) -> str:
 def destroy(settings: VmSettings) -> str:
     """Stop the VM if it runs, then delete its state dir (disk, keys, logs). The shared
     base image cache stays."""
-    state = runtime.state_of(settings)
+    state = state_of(settings)
     if not state.root.is_dir():
         return f"VM {settings.name} has no state dir ({state.root}); nothing to destroy"
     with locked(state):
-        pid = runtime.running_pid(state)
-        stopped = _stop(state, pid, state.read_runtime()) if pid else None
+        pid = running_pid(state)
+        stopped = _stop(state, pid, VmRecord.read(state)) if pid else None
         files = [p for p in state.root.rglob("*") if p.is_file() and p != state.lockfile]
         size = sum(p.stat().st_size for p in files)
         shutil.rmtree(state.root)

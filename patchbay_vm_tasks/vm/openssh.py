@@ -21,11 +21,14 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from .ports import LOOPBACK
 from .state import StateDir
 
 CONTROL_PERSIST = "10m"
+# `ssh -O exit` asks a master on its local socket: answered at once, or never (a master
+# that hangs is not waited for; its socket is removed anyway).
+STOP_MASTER_TIMEOUT = 5
 # sun_path holds 104 bytes on macOS (108 on Linux), and ssh first binds a temporary
 # name: the control path plus a dot and 16 random characters.
 _MAX_CONTROL_PATH = 104 - 18
@@ -68,13 +71,15 @@ def control_path(state: StateDir) -> Path:
 def argv(
     ssh_bin: str,
     state: StateDir,
-    record: dict[str, Any],
+    port: int,
+    user: str,
     command: Sequence[str] | None,
     platform: str = sys.platform,
 ) -> list[str]:
     """The ssh command line for `command` in the guest (quoted here, at the boundary to
-    the guest's shell), or for an interactive shell on a terminal when it is None."""
-    args = [ssh_bin, "-i", str(state.key), "-p", str(record["ssh_port"])]
+    the guest's shell), or for an interactive shell on a terminal when it is None.
+    `port`, `user`: the VM's SSH port and guest user (its record's)."""
+    args = [ssh_bin, "-i", str(state.key), "-p", str(port)]
     for name, value in pinned_options(state.known_hosts):
         args += ["-o", f"{name}={value}"]
     if multiplexes(platform):
@@ -83,7 +88,7 @@ def argv(
             "-o", _control_path_option(control_path(state)),
             "-o", f"ControlPersist={CONTROL_PERSIST}",
         ]  # fmt: skip
-    target = f"{record['ssh_user']}@127.0.0.1"
+    target = f"{user}@{LOOPBACK}"
     if command is None:
         return [*args, "-t", "--", target]
     return [*args, "-T", "--", target, shlex.join(command)]
@@ -108,6 +113,6 @@ def stop_master(state: StateDir, ssh_bin: str | None = None) -> bool:
     if ssh_bin:
         argv = [ssh_bin, "-o", _control_path_option(path), "-O", "exit", "vm"]
         with contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(argv, capture_output=True, timeout=5, check=False)
+            subprocess.run(argv, capture_output=True, timeout=STOP_MASTER_TIMEOUT, check=False)
     path.unlink(missing_ok=True)  # a master killed with SIGKILL leaves its socket
     return True

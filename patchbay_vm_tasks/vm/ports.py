@@ -1,4 +1,5 @@
-"""The host's SSH port for a VM: free as QEMU would bind it, picked when the default is taken."""
+"""The host's TCP ports of a VM: the SSH port, free as QEMU would bind it and picked when
+the default is taken; free ports for QMP and the guest agent on Windows."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import socket
 from ..errors import VmUnavailable
 from ..ui import say
 
+# Where a VM's host ports listen (SSH, and QMP and the guest agent on Windows): only this
+# host may reach them.
+LOOPBACK = "127.0.0.1"
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     """True when QEMU could listen on host:port.
 
     QEMU's user-mode network (libslirp) sets SO_REUSEADDR on its forward's listener,
@@ -45,8 +50,13 @@ def pick_ssh_port(wanted: int, explicit: bool, previous: int | None = None) -> i
     if previous and previous != wanted and port_is_free(previous):
         say(f"SSH port {wanted} is in use; using {previous}, as last time")
         return previous
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     say(f"SSH port {wanted} is in use; using {port} instead")
     return port
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on now (the system picks one)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

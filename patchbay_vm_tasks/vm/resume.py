@@ -5,23 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from pathlib import Path
-from typing import Any
 
 from ..errors import VmUnavailable
-from ..settings import VmSettings
+from ..settings import Accel, FsMode, VmSettings
 from ..ui import say, spinner, warn
-from . import (
-    boot,
-    guest,
-    keys,
-    ports,
-    qemu,
-    runtime,
-    savedstate,
-    shares,
-)
-from .images import BaseImage
+from . import guest, keys, ports, process, qemu, savedstate, shares
+from .record import VmRecord, mounts_of
+from .running import BootInterrupted, Vm, remove_transient
+from .start import control_ports, keypairs, qemu_spec, render_seed, start_qemu
 from .state import StateDir
 
 RESUME_ARGS = savedstate.RESUME_ARGS
@@ -29,49 +20,32 @@ RESUME_ARGS = savedstate.RESUME_ARGS
 
 # virtiofs cannot be saved (vhost-user-fs does not migrate, and its shared memory makes
 # a restore slow); 9p can once unmounted, and a guest without shares always can.
-SAVEABLE_FS_MODES = ("9p", "none")
+SAVEABLE_FS_MODES = (FsMode.NINEP, FsMode.NONE)
 
 
-# What a resume takes over from the saved guest's record (the rest follows the settings).
-SAVED_RECORD_KEYS = (
-    "accel", "cpus", "fs_mode", "base", "image_url", "accel_asked", "arch", "firmware",
-)  # fmt: skip
-
-
-def base_from_record(data: dict[str, Any]) -> BaseImage:
-    return BaseImage(
-        disk=Path(data["disk"]),
-        format=data["format"],
-        kernel=Path(data["kernel"]) if data.get("kernel") else None,
-        initrd=Path(data["initrd"]) if data.get("initrd") else None,
-        cmdline=data.get("cmdline", ""),
-    )
-
-
-def _fingerprint(settings: VmSettings, spec: qemu.QemuSpec, record: dict[str, Any]) -> dict:
+def _fingerprint(settings: VmSettings, spec: qemu.QemuSpec, record: VmRecord) -> dict:
     argv = qemu.build_argv(dataclasses.replace(spec, extra=()))
     version = qemu.version(settings.qemu_bin)
     return savedstate.fingerprint(
-        argv, _ports(record), version, _base_files(record), record["seed_id"]
+        argv, _ports(record), version, _base_files(record), record.seed_id
     )
 
 
-def _resume_mismatch(settings: VmSettings, meta: dict[str, Any]) -> str | None:
+def _resume_mismatch(settings: VmSettings, saved: VmRecord) -> str | None:
     """What the settings ask for that the saved guest cannot be (beyond its command line)."""
-    saved = meta["record"]
-    if settings.arch != saved.get("arch", "amd64"):
-        return f"the guest is {saved.get('arch')}, {settings.arch} is asked for"
-    if settings.image_url != saved.get("image_url"):
-        return f"the image changed ({saved.get('image_url')} -> {settings.image_url})"
-    if settings.accel not in ("auto", saved["accel"]):
-        return f"QEMU_VM_ACCEL asks for {settings.accel}; it was saved under {saved['accel']}"
-    asked_fs = str(settings.fs_mode)
-    if asked_fs != saved["fs_mode"] and (asked_fs != "auto" or saved["fs_mode"] == "none"):
-        return f"QEMU_VM_FS asks for {settings.fs_mode}; it was saved with {saved['fs_mode']}"
+    if settings.arch != saved.arch:
+        return f"the guest is {saved.arch}, {settings.arch} is asked for"
+    if settings.image_url != saved.image_url:
+        return f"the image changed ({saved.image_url} -> {settings.image_url})"
+    if settings.accel not in (Accel.AUTO, saved.accel):
+        return f"QEMU_VM_ACCEL asks for {settings.accel}; it was saved under {saved.accel}"
+    asked_fs = settings.fs_mode
+    if asked_fs != saved.fs_mode and (asked_fs != FsMode.AUTO or saved.fs_mode == FsMode.NONE):
+        return f"QEMU_VM_FS asks for {settings.fs_mode}; it was saved with {saved.fs_mode}"
     return None
 
 
-def resume(settings: VmSettings, state: StateDir) -> runtime.Vm | None:
+def resume(settings: VmSettings, state: StateDir) -> Vm | None:
     """Resume the guest `vm.down` saved; None (saying why) when there is none to resume
     or it cannot be, and the caller boots."""
     meta, broken = savedstate.read(state)
@@ -79,106 +53,108 @@ def resume(settings: VmSettings, state: StateDir) -> runtime.Vm | None:
         if broken:
             warn(f"not resuming {settings.name}: {broken}; booting it")
         return None
-    why = _resume_mismatch(settings, meta)
+    try:
+        saved = VmRecord.from_json(meta["record"])
+    except (ValueError, TypeError, KeyError):
+        saved = None
+    base = saved.base if saved else None
+    if saved is None or base is None:
+        warn(f"not resuming {settings.name}: its record is unreadable; booting it")
+        return None
+    why = _resume_mismatch(settings, saved)
     started = time.monotonic()
-    saved = meta["record"]
-    record: dict[str, Any] = {
-        **{k: saved.get(k) for k in SAVED_RECORD_KEYS},
-        "name": settings.name,
-        "ssh_user": settings.ssh_user,
-        "mounts": runtime.mount_record(settings),
-        "base_image": saved["base"]["disk"],
-        "helpers": [],
-    }
-    base = base_from_record(saved["base"])
-    share_list = shares.make_shares(settings.mounts(), record["fs_mode"], state.root)
+    record = dataclasses.replace(
+        saved,
+        name=settings.name,
+        ssh_user=settings.ssh_user,
+        mounts=mounts_of(settings),
+        base_image=str(base.disk),
+        helpers=[],
+    )
+    share_list = shares.make_shares(settings.mounts(), record.fs_mode, state.root)
     if why is None:
-        client_key, host_key = boot.keypairs(settings, state)
-        _, record["seed_id"] = boot.render_seed(settings, client_key, host_key)
-        record["ssh_port"] = ports.pick_ssh_port(
+        client_key, host_key = keypairs(settings, state)
+        _, record.seed_id = render_seed(settings, client_key, host_key)
+        record.ssh_port = ports.pick_ssh_port(
             settings.ssh_port, settings.ssh_port_explicit, state.read_last_port()
         )
-        record.update(boot.control_ports())
-        spec = boot.qemu_spec(settings, state, base, record, share_list)
+        record.qmp_port, record.qga_port = control_ports()
+        spec = qemu_spec(settings, state, base, record, share_list)
         why = savedstate.difference(meta["fingerprint"], _fingerprint(settings, spec, record))
     if why:
         warn(f"not resuming {settings.name}: {why}; booting it")
         return None
-    state.last_port.write_text(f"{record['ssh_port']}\n")
-    keys.write_known_hosts(state.known_hosts, record["ssh_port"], host_key)
+    state.last_port.write_text(f"{record.ssh_port}\n")
+    keys.write_known_hosts(state.known_hosts, record.ssh_port, host_key)
     marker = str(state.root)
     try:
         with contextlib.ExitStack() as owned:
-            boot.start_qemu(settings, state, base, record, share_list, extra=RESUME_ARGS)
-            qmp = runtime.qmp_address(state, record)
-            owned.callback(qemu.quit_now, record["pid"], qmp, marker)
+            start_qemu(settings, state, base, record, share_list, extra=RESUME_ARGS)
+            qmp_address = record.qmp_address(state)
+            owned.callback(process.quit_now, record.pid, qmp_address, marker)
             with spinner(f"resuming {settings.name}"):
-                savedstate.restore(state.saved_state, qmp, meta["fingerprint"]["qemu_version"])
+                version = meta["fingerprint"]["qemu_version"]
+                savedstate.restore(state.saved_state, qmp_address, version)
                 # From here the disk moves on: the state must never be loaded again.
                 savedstate.discard(state)
-                savedstate.run_guest(qmp)
+                savedstate.run_guest(qmp_address)
                 # The fstab lines and sysctl of the boot are in the saved guest already.
                 remount = f"mount -a -t 9p -O {shares.FSTAB_MARK}"
-                remount = remount if saved["fs_mode"] == "9p" else ""
-                savedstate.refresh_guest(runtime.qga_address(state, record), remount)
-            record.update(guest_agent=True, resumed=True)
-            record["resume_seconds"] = round(time.monotonic() - started, 2)
-            state.write_runtime(record)
+                remount = remount if saved.fs_mode == FsMode.NINEP else ""
+                savedstate.refresh_guest(record.qga_address(state), remount)
+            record.guest_agent, record.resumed = True, True
+            record.resume_seconds = round(time.monotonic() - started, 2)
+            record.write(state)
             owned.pop_all()
     except KeyboardInterrupt:
         savedstate.discard(state)
-        runtime.remove_transient(state, state.read_runtime() or record)
-        raise runtime.BootInterrupted(
-            f"interrupted: stopped {settings.name} while resuming it"
-        ) from None
+        remove_transient(state, VmRecord.read(state) or record)
+        raise BootInterrupted(f"interrupted: stopped {settings.name} while resuming it") from None
     except (savedstate.RestoreFailed, VmUnavailable, OSError, ValueError) as e:
         savedstate.discard(state)
-        runtime.remove_transient(state, state.read_runtime() or record)
+        remove_transient(state, VmRecord.read(state) or record)
         warn(f"resuming {settings.name} failed ({e}); booting it instead")
         return None
     say(
-        f"VM {settings.name} resumed after {record['resume_seconds']:.1f} s "
-        f"(accel {record['accel']}, {record['fs_mode']}, ssh port {record['ssh_port']})"
+        f"VM {settings.name} resumed after {record.resume_seconds:.1f} s "
+        f"(accel {record.accel}, {record.fs_mode}, ssh port {record.ssh_port})"
     )
-    conn = guest.connection(record["ssh_port"], record["ssh_user"], state.key, state.known_hosts)
-    return runtime.Vm(settings, record, conn, booted=True)
+    conn = guest.connection(record.ssh_port, record.ssh_user, state.key, state.known_hosts)
+    return Vm(settings, record, conn, booted=True)
 
 
-def why_not_saveable(record: dict[str, Any]) -> str | None:
-    if record.get("fs_mode") not in SAVEABLE_FS_MODES:
-        return f"its shares are {record.get('fs_mode')}, which cannot be saved (QEMU_VM_FS=9p can)"
-    if not record.get("guest_agent"):
+def why_not_saveable(record: VmRecord) -> str | None:
+    if record.fs_mode not in SAVEABLE_FS_MODES:
+        return f"its shares are {record.fs_mode}, which cannot be saved (QEMU_VM_FS=9p can)"
+    if not record.guest_agent:
         return "its image has no QEMU guest agent"
-    if "seed_id" not in record or "base" not in record:
+    if record.seed_id is None or record.base is None:
         return "it was booted by an older version of this tool"
     return None
 
 
-def save_guest(state: StateDir, pid: int, record: dict[str, Any]) -> savedstate.Saved:
+def save_guest(state: StateDir, pid: int, record: VmRecord) -> savedstate.Saved:
     """Save the running guest; the state is bound to what really runs (its record)."""
-    argv = record["qemu_argv"]
+    argv = list(record.qemu_argv or ())
     if tuple(argv[-len(RESUME_ARGS) :]) == RESUME_ARGS:
         argv = argv[: -len(RESUME_ARGS)]  # a resumed guest: its hardware without them
     version = qemu.version(argv[0])
-    fp = savedstate.fingerprint(
-        argv, _ports(record), version, _base_files(record), record["seed_id"]
-    )
-    if record["fs_mode"] == "9p":
-        savedstate.unmount_shares(
-            runtime.qga_address(state, record), [m["guest"] for m in record["mounts"]]
-        )
-    kept = {k: record.get(k) for k in SAVED_RECORD_KEYS}
-    return savedstate.save(state, runtime.qmp_address(state, record), pid, fp, {"record": kept})
+    fp = savedstate.fingerprint(argv, _ports(record), version, _base_files(record), record.seed_id)
+    if record.fs_mode == FsMode.NINEP:
+        savedstate.unmount_shares(record.qga_address(state), [m.guest for m in record.mounts])
+    kept = {"record": record.saved_json()}
+    return savedstate.save(state, record.qmp_address(state), pid, fp, kept)
 
 
-def _ports(record: dict[str, Any]) -> dict[str, int]:
+def _ports(record: VmRecord) -> dict[str, int]:
     """The host ports in the command line, which a restore may change."""
-    names = ("ssh_port", "qmp_port", "qga_port")
-    return {name: record[name] for name in names if record.get(name)}
+    found = {"ssh_port": record.ssh_port, "qmp_port": record.qmp_port, "qga_port": record.qga_port}
+    return {name: port for name, port in found.items() if port}
 
 
-def _base_files(record: dict[str, Any]) -> list[str]:
+def _base_files(record: VmRecord) -> list[str]:
     """What the guest reads but never writes: the base image, kernel, initrd, firmware."""
-    base = record["base"]
-    code = (record.get("firmware") or [None])[0]
-    return [p for p in (base["disk"], base["kernel"], base["initrd"], code) if p]
+    base = record.base
+    assert base is not None  # why_not_saveable: a record without its base is not saved
+    code = record.firmware.code if record.firmware else None
+    return [str(p) for p in (base.disk, base.kernel, base.initrd, code) if p]

@@ -28,13 +28,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import qemu
+from . import process, qmp
+from .ports import LOOPBACK
+from .qemu import Address
 from .state import StateDir
 
 FORMAT = 1
 # Bytes per second; QEMU's default cap of 32 MiB/s would make a save of a 2 GiB guest
 # with a few hundred MB in use take ten seconds for no reason (the guest is stopped).
 UNLIMITED_BANDWIDTH = 100 << 30
+# How long writing a guest's state may take: its memory in use (hundreds of MB) to a
+# local file, seconds when all is well; a stuck migration is given up, not waited on.
+SAVE_TIMEOUT = 300.0
+# Loading a saved state: the same bytes read back, seconds when all is well.
+RESTORE_TIMEOUT = 120.0
+# After a restore: until the guest agent answers, and the shares are mounted again.
+REFRESH_TIMEOUT = 60.0
+# Connecting to the guest agent of a guest that runs: its socket is QEMU's own.
+AGENT_CONNECT_TIMEOUT = 5.0
+# `sync; umount` of the shares: the guest's dirty pages go to the host first.
+UNMOUNT_TIMEOUT = 30.0
+# Fresh host randomness mixed into a resumed guest's pool: 512 bits, more than the 256
+# the kernel's generator is seeded with.
+ENTROPY_BYTES = 64
 
 
 # QEMU waits for a saved state (`migrate-incoming`) and keeps the guest paused after
@@ -73,7 +89,7 @@ def normalised_argv(argv: list[str], ports: dict[str, int]) -> list[str]:
     out = []
     for arg in argv:
         for name, port in ports.items():
-            arg = arg.replace(f"127.0.0.1:{port}", f"127.0.0.1:<{name}>")
+            arg = arg.replace(f"{LOOPBACK}:{port}", f"{LOOPBACK}:<{name}>")
             arg = re.sub(rf"\bport={port}\b", f"port=<{name}>", arg)
         out.append(arg)
     return out
@@ -162,13 +178,13 @@ def migration_uri(path: Path, version: str, write: bool) -> str:
     return f"exec:cat {'> ' if write else ''}{shlex.quote(str(path))}"
 
 
-def unmount_shares(qga: qemu.Address, guest_paths: list[str]) -> None:
+def unmount_shares(qga: Address, guest_paths: list[str]) -> None:
     """Unmount the shares in the guest through its agent, so no 9p export is in use."""
     script = "sync; umount " + " ".join(shlex.quote(p) for p in guest_paths)
     try:
-        with qemu.guest_agent(qga, timeout=5.0) as agent:
-            rc = agent.run(["/bin/sh", "-c", script], timeout=30.0)
-    except qemu.GuestAgentError as e:
+        with qmp.guest_agent(qga, timeout=AGENT_CONNECT_TIMEOUT) as agent:
+            rc = agent.run(["/bin/sh", "-c", script], timeout=UNMOUNT_TIMEOUT)
+    except qmp.GuestAgentError as e:
         raise SaveFailed(str(e)) from None
     if rc != 0:
         raise SaveFailed(
@@ -177,14 +193,14 @@ def unmount_shares(qga: qemu.Address, guest_paths: list[str]) -> None:
         )
 
 
-def _migration_status(qmp: qemu.Address) -> dict[str, Any]:
-    return qemu.qmp(qmp, "query-migrate").get("return", {})
+def _migration_status(qmp_address: Address) -> dict[str, Any]:
+    return qmp.execute(qmp_address, "query-migrate").get("return", {})
 
 
-def wait_migration(qmp: qemu.Address, timeout: float) -> None:
+def wait_migration(qmp_address: Address, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = _migration_status(qmp)
+        info = _migration_status(qmp_address)
         status = info.get("status")
         if status == "completed":
             return
@@ -194,27 +210,27 @@ def wait_migration(qmp: qemu.Address, timeout: float) -> None:
     raise RestoreFailed(f"the migration did not finish in {timeout:.0f} s")
 
 
-def write_stopped(qmp: qemu.Address, dest: Path, version: str, timeout: float) -> None:
+def write_stopped(qmp_address: Address, dest: Path, version: str, timeout: float) -> None:
     """Stop the guest and write its state to `dest`. The guest stays stopped, its
     disks flushed and released by QEMU until a `cont`. Raises RestoreFailed (or
     OSError, ValueError: QMP) with the guest stopped."""
     params = {"max-bandwidth": UNLIMITED_BANDWIDTH}
-    qemu.qmp(qmp, "migrate-set-parameters", arguments=params)
-    qemu.qmp(qmp, "stop")
+    qmp.execute(qmp_address, "migrate-set-parameters", arguments=params)
+    qmp.execute(qmp_address, "stop")
     uri = migration_uri(dest, version, write=True)
-    reply = qemu.qmp(qmp, "migrate", arguments={"uri": uri})
+    reply = qmp.execute(qmp_address, "migrate", arguments={"uri": uri})
     if "error" in reply:
         raise RestoreFailed(reply["error"].get("desc", "migrate refused"))
-    wait_migration(qmp, timeout)
+    wait_migration(qmp_address, timeout)
 
 
 def save(
     state: StateDir,
-    qmp: qemu.Address,
+    qmp_address: Address,
     pid: int,
     fp: dict[str, Any],
     extra: dict,
-    timeout: float = 300.0,
+    timeout: float = SAVE_TIMEOUT,
 ) -> Saved:
     """Save the stopped guest of QEMU `pid` to the state dir and stop QEMU.
 
@@ -225,14 +241,14 @@ def save(
     tmp = _partial(state)
     discard(state)
     try:
-        write_stopped(qmp, tmp, fp["qemu_version"], timeout)
+        write_stopped(qmp_address, tmp, fp["qemu_version"], timeout)
     except (OSError, ValueError, RestoreFailed) as e:
         tmp.unlink(missing_ok=True)
         with contextlib.suppress(OSError, ValueError):
-            qemu.qmp(qmp, "cont")
+            qmp.execute(qmp_address, "cont")
         raise SaveFailed(str(e)) from None
     # The guest is stopped and its disk flushed; QEMU quits so nothing writes to it.
-    qemu.quit_now(pid, qmp, str(state.root))
+    process.quit_now(pid, qmp_address, str(state.root))
     meta = {
         "format": FORMAT,
         "saved_at": time.time(),
@@ -253,36 +269,38 @@ def save(
 # --- restore ---------------------------------------------------------------------
 
 
-def restore(source: Path, qmp: qemu.Address, version: str, timeout: float = 120.0) -> None:
+def restore(
+    source: Path, qmp_address: Address, version: str, timeout: float = RESTORE_TIMEOUT
+) -> None:
     """Load a saved state (a file QEMU wrote with `migrate`) into a QEMU started with
     `-incoming defer -S`; the guest stays paused (`cont` runs it)."""
     uri = migration_uri(source, version, write=False)
     try:
-        reply = qemu.qmp(qmp, "migrate-incoming", arguments={"uri": uri})
+        reply = qmp.execute(qmp_address, "migrate-incoming", arguments={"uri": uri})
         if "error" in reply:
             raise RestoreFailed(reply["error"].get("desc", "migrate-incoming refused"))
-        wait_migration(qmp, timeout)
+        wait_migration(qmp_address, timeout)
     except (OSError, ValueError) as e:
         raise RestoreFailed(str(e)) from None
 
 
-def run_guest(qmp: qemu.Address) -> None:
+def run_guest(qmp_address: Address) -> None:
     """`cont` a restored guest; RestoreFailed when QEMU refuses."""
-    reply = qemu.qmp(qmp, "cont")
+    reply = qmp.execute(qmp_address, "cont")
     if "error" in reply:
         raise RestoreFailed(reply["error"].get("desc", "cont failed"))
 
 
-def refresh_guest(qga: qemu.Address, remount: str, timeout: float = 60.0) -> None:
+def refresh_guest(qga: Address, remount: str, timeout: float = REFRESH_TIMEOUT) -> None:
     """After a restore: the guest's clock to the host's, fresh entropy, the shares
     mounted again (`remount`, shell; empty: none). All through the guest agent, no SSH handshake;
     one process in the guest, since each costs 0.1-0.6 s under TCG."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            agent = qemu.guest_agent(qga, timeout=5.0)
+            agent = qmp.guest_agent(qga, timeout=AGENT_CONNECT_TIMEOUT)
             break
-        except qemu.GuestAgentError as e:
+        except qmp.GuestAgentError as e:
             if time.monotonic() > deadline:
                 raise RestoreFailed(f"the resumed guest does not answer: {e}") from None
             time.sleep(0.1)
@@ -291,13 +309,13 @@ def refresh_guest(qga: qemu.Address, remount: str, timeout: float = 60.0) -> Non
             # Mixed into the pool (not credited): a resumed guest must not repeat the
             # random numbers it would have drawn from the saved pool.
             handle = agent.call("guest-file-open", path="/dev/urandom", mode="w")
-            agent.call("guest-file-write", handle=handle, buf_b64=_b64(os.urandom(64)))
+            agent.call("guest-file-write", handle=handle, buf_b64=_b64(os.urandom(ENTROPY_BYTES)))
             agent.call("guest-file-close", handle=handle)
             # The guest's clock stood still while it was saved.
             agent.set_time()
             if remount and agent.run(["/bin/sh", "-c", remount], timeout=timeout) != 0:
                 raise RestoreFailed("mounting the shares failed")
-        except qemu.GuestAgentError as e:
+        except qmp.GuestAgentError as e:
             raise RestoreFailed(str(e)) from None
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VmUnavailable
+from ..settings import FsMode
 from ..ui import say
 from .qemu import Share
 
@@ -29,7 +30,11 @@ FSTAB_MARK = "x-patchbay-vm"
 # Dirty pages of a 9p share with cache=mmap reach the host when written back: every
 # second and after a second, not the kernel's 5 s and 30 s.
 WRITEBACK_SYSCTL = {"vm.dirty_writeback_centisecs": 100, "vm.dirty_expire_centisecs": 100}
-NO_SHARES = "none"
+# 9p's largest message: the kernel's virtio transport caps it near 512 KiB anyway, and
+# bigger messages mean fewer round trips for large files.
+NINEP_MSIZE = 512 << 10
+# How long a virtiofsd may take to make its socket: it does so as it starts.
+VIRTIOFSD_START_TIMEOUT = 10.0
 # Made (on the guest's tmpfs /run, so gone after any guest reboot) by the mount script of
 # fs mode none: the guest agent's warm-up check then passes without any mount.
 COPIED_MARK = "/run/patchbay-vm-copied-folders"
@@ -65,18 +70,20 @@ def detect_flavour(path: str) -> Virtiofsd | None:
     return None
 
 
-def choose_fs_mode(requested: str, virtiofsd_bin: str | None) -> tuple[str, Virtiofsd | None, str]:
+def choose_fs_mode(
+    requested: FsMode, virtiofsd_bin: str | None
+) -> tuple[FsMode, Virtiofsd | None, str]:
     """(fs mode, the virtiofsd to use, why) for the `QEMU_VM_FS` request."""
-    if requested in ("9p", "auto"):
+    if requested in (FsMode.NINEP, FsMode.AUTO):
         # auto: 9p, because a 9p guest can be saved by `vm.down` and resumed by `vm.up`
         # in seconds (a virtiofs guest cannot: vhost-user-fs does not migrate), and with
         # cache=mmap it moves files within 2x of virtiofs under TCG (reads 85 MB/s,
         # writes 39; virtiofs 21-97 and 48-58 measured here).
-        return "9p", None, f"QEMU_VM_FS={requested}"
-    if requested == NO_SHARES:
+        return FsMode.NINEP, None, f"QEMU_VM_FS={requested}"
+    if requested == FsMode.NONE:
         why = "QEMU_VM_FS=none: no shared folders; tasks copy files to the guest and back (SFTP)"
         say(f"files are copied to and from the guest, not shared ({why.split(': ', 1)[1]})")
-        return NO_SHARES, None, why
+        return FsMode.NONE, None, why
     path = find_virtiofsd(virtiofsd_bin)
     daemon = detect_flavour(path) if path else None
     why = ""
@@ -88,10 +95,10 @@ def choose_fs_mode(requested: str, virtiofsd_bin: str | None) -> tuple[str, Virt
     elif path is None:
         why = "no virtiofsd found (set QEMU_VM_VIRTIOFSD_BIN)"
     if daemon:
-        return "virtiofs", daemon, f"{daemon.flavour} virtiofsd at {daemon.path}"
-    if requested == "virtiofs":
+        return FsMode.VIRTIOFS, daemon, f"{daemon.flavour} virtiofsd at {daemon.path}"
+    if requested == FsMode.VIRTIOFS:
         raise VmUnavailable(f"QEMU_VM_FS=virtiofs, but {why}")
-    return "9p", None, why
+    return FsMode.NINEP, None, why
 
 
 def virtiofsd_argv(daemon: Virtiofsd, share: Share) -> list[str]:
@@ -124,7 +131,7 @@ def start_virtiofsd(
     daemon: Virtiofsd,
     share: Share,
     log: Path,
-    timeout: float = 10.0,
+    timeout: float = VIRTIOFSD_START_TIMEOUT,
     on_start: Callable[[int], object] | None = None,
 ) -> int:
     """Start one virtiofsd in its own session; wait for its socket. Returns its PID.
@@ -158,21 +165,25 @@ def start_virtiofsd(
     raise VmUnavailable(f"virtiofsd for {share.host_path} made no socket in {timeout:.0f} s")
 
 
-def make_shares(mounts: list[tuple[str, Path, str]], fs_mode: str, state_dir: Path) -> list[Share]:
-    if fs_mode == NO_SHARES:
+def make_shares(
+    mounts: list[tuple[str, Path, str]], fs_mode: FsMode, state_dir: Path
+) -> list[Share]:
+    if fs_mode == FsMode.NONE:
         return []
     return [
         Share(
             tag=TAGS[guest],
             host_path=host,
             readonly=access == "ro",
-            socket=state_dir / f"virtiofs-{TAGS[guest]}.sock" if fs_mode == "virtiofs" else None,
+            socket=state_dir / f"virtiofs-{TAGS[guest]}.sock"
+            if fs_mode == FsMode.VIRTIOFS
+            else None,
         )
         for guest, host, access in mounts
     ]
 
 
-def mount_options(fs_mode: str, access: str) -> tuple[str, str]:
+def mount_options(fs_mode: FsMode, access: str) -> tuple[str, str]:
     """(fstype, mount options) of one share.
 
     9p caches, measured in a TCG guest with 50-200 MB files: `mmap` for every share
@@ -180,10 +191,10 @@ def mount_options(fs_mode: str, access: str) -> tuple[str, str]:
     `loose` (reads 209) does not see files the host changed or replaced. `mmap` writes
     through the guest's page cache, so the host sees /work's writes when the kernel
     writes them back: WRITEBACK_SYSCTL makes that within about a second (the host
-    reads logs live). msize: the kernel's virtio transport caps it near 512 KiB anyway.
+    reads logs live). msize: NINEP_MSIZE.
     """
-    if fs_mode == "9p":
-        return "9p", f"{access},trans=virtio,version=9p2000.L,msize=524288,cache=mmap"
+    if fs_mode == FsMode.NINEP:
+        return "9p", f"{access},trans=virtio,version=9p2000.L,msize={NINEP_MSIZE},cache=mmap"
     return "virtiofs", access
 
 
@@ -195,16 +206,16 @@ _MOUNTED = (
 )
 
 
-def mount_script(mounts: list[tuple[str, Path, str]], fs_mode: str, user: str) -> str:
+def mount_script(mounts: list[tuple[str, Path, str]], fs_mode: FsMode, user: str) -> str:
     """Shell lines (run as root in the guest) that mount the shares; idempotent.
 
     The mounts also go into /etc/fstab (`nofail`), so the guest keeps them by itself
     across its own reboots, and a warm `up` need not open SSH to make them.
     """
-    if fs_mode == NO_SHARES:
+    if fs_mode == FsMode.NONE:
         return copied_folders_script(mounts, user)
     lines = [_MOUNTED]
-    if fs_mode == "9p":
+    if fs_mode == FsMode.NINEP:
         lines.append("[ -d /sys/module/9pnet_virtio ] || modprobe -q 9p 9pnet_virtio || true")
         # Kept in sysctl.d so a reboot of the guest keeps it too; set now through /proc.
         conf = "\n".join(f"{k} = {v}" for k, v in WRITEBACK_SYSCTL.items())

@@ -1,24 +1,26 @@
-"""The state directory `.qemu-vm/<name>/` (SPEC 8): its files, the runtime record, the lock."""
+"""The state directory `.qemu-vm/<name>/` (SPEC 8): its files, its privacy, the lock."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock, Timeout
 
 from ..errors import VmUnavailable
-from ..files import write_atomic
+from ..settings import VmSettings
 
 # The state dir and its secrets (keys, the seed ISO): the user's alone.
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
+# How long a task waits for another one's hold on the VM (a `vm.up` that boots holds it
+# for the whole boot: QEMU_VM_BOOT_TIMEOUT is 600 s by default, and a base image may be
+# downloaded or built first).
+LOCK_TIMEOUT = 900.0
 
 
 def _tighten(path: Path, mode: int) -> None:
@@ -47,7 +49,7 @@ class StateDir:
     key = property(lambda self: self.root / "id_ed25519")
     host_key = property(lambda self: self.root / "ssh_host_ed25519_key")
     known_hosts = property(lambda self: self.root / "known_hosts")
-    runtime = property(lambda self: self.root / "runtime.json")
+    runtime = property(lambda self: self.root / "runtime.json")  # the record: record.py
     lockfile = property(lambda self: self.root / ".lock")
     # The SSH port of the last session, kept across `down` so the next `up` can reuse it.
     last_port = property(lambda self: self.root / "ssh-port")
@@ -77,15 +79,6 @@ class StateDir:
         )
         return [p for pat in patterns for p in self.root.glob(pat)]
 
-    def read_runtime(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.runtime.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def write_runtime(self, record: dict[str, Any]) -> None:
-        write_atomic(self.runtime, (json.dumps(record, indent=2) + "\n").encode())
-
     def ensure(self) -> Path:
         """The state dir, made (and kept) private: mode 0700, with `.qemu-vm` above it.
 
@@ -100,14 +93,18 @@ class StateDir:
         _tighten(self.seed, PRIVATE_FILE_MODE)
         return self.root
 
-    def lock(self, timeout: float = 900.0) -> FileLock:
+    def lock(self, timeout: float = LOCK_TIMEOUT) -> FileLock:
         """Held while a task starts, stops or cleans the VM (SPEC 9.12)."""
         self.ensure()
         return FileLock(str(self.lockfile), timeout=timeout)
 
 
+def state_of(settings: VmSettings) -> StateDir:
+    return StateDir(settings.state_dir)
+
+
 @contextlib.contextmanager
-def locked(state: StateDir, timeout: float = 900.0) -> Iterator[None]:
+def locked(state: StateDir, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     lock = state.lock(timeout)
     try:
         lock.acquire()

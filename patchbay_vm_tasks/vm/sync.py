@@ -25,13 +25,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import files
 from ..errors import TaskError
+from ..settings import FsMode
 from ..ui import say, warn
 from . import guest
-from .shares import NO_SHARES
+
+if TYPE_CHECKING:
+    from .record import VmRecord
 
 MANIFEST = ".patchbay-sync.json"
 PART_SUFFIX = ".patchbay-part"
@@ -82,9 +85,9 @@ class Copied:
         return text
 
 
-def copies_files(record: Mapping[str, Any]) -> bool:
-    """Whether the running VM (its runtime record) has no shares, so files are copied."""
-    return record.get("fs_mode") == NO_SHARES
+def copies_files(record: VmRecord) -> bool:
+    """Whether the running VM (its record) has no shares, so files are copied."""
+    return record.fs_mode == FsMode.NONE
 
 
 # --- pure parts: which files move ---------------------------------------------------

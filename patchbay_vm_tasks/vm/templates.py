@@ -40,7 +40,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from . import qemu, savedstate
+from . import qemu, qmp, savedstate
 
 FORMAT = 1
 GATE_WAITING = b"patchbay-gate: waiting for the seed"
@@ -148,9 +148,14 @@ def wait_for_gate(
 
 
 def save(
-    cache: Path, name: str, qmp: qemu.Address, disk: Path, version: str, info: dict[str, Any]
+    cache: Path,
+    name: str,
+    qmp_address: qemu.Address,
+    disk: Path,
+    version: str,
+    info: dict[str, Any],
 ) -> Template | None:
-    """Save the guest of `qmp`, waiting at the gate, as template `name` and let it run
+    """Save the guest of `qmp_address`, waiting at the gate, as template `name` and let it run
     on. None when another process is saving it already. The guest always runs again;
     raises savedstate.SaveFailed with nothing half-written left."""
     cache.mkdir(parents=True, exist_ok=True)
@@ -168,12 +173,14 @@ def save(
         started = time.monotonic()
         try:
             try:
-                savedstate.write_stopped(qmp, tpl.state, version, timeout=300.0)
+                savedstate.write_stopped(
+                    qmp_address, tpl.state, version, timeout=savedstate.SAVE_TIMEOUT
+                )
                 # Stopped and its disk released by QEMU: the disk of this very moment.
                 shutil.copyfile(disk, tpl.disk)
             finally:
                 with contextlib.suppress(OSError, ValueError):
-                    qemu.qmp(qmp, "cont")
+                    qmp.execute(qmp_address, "cont")
             meta = {
                 "format": FORMAT,
                 "created_at": time.time(),
