@@ -31,12 +31,17 @@ def write(path: Path, text: str = SIM) -> Path:
     return path
 
 
-# ── expand_sim_args ──────────────────────────────────────────────────────────
+def _paths(args: list[str], workspace: Path | None) -> list[Path]:
+    """The resolved sims of --file values, as read_sims finds them."""
+    return inputs.read_sims(args, workspace).paths
+
+
+# ── read_sims ────────────────────────────────────────────────────────────────
 
 
 def test_corpus_folder_expands_sorted(monkeypatch: pytest.MonkeyPatch, corpus_dir: Path) -> None:
     monkeypatch.chdir(corpus_dir)
-    sims = inputs.expand_sim_args(["sims"], corpus_dir)
+    sims = _paths(["sims"], corpus_dir)
     assert [p.name for p in sims] == CORPUS_SIMS
     assert all(p.is_absolute() for p in sims)
 
@@ -45,7 +50,7 @@ def test_files_and_folders_mix_without_duplicates(
     monkeypatch: pytest.MonkeyPatch, corpus_dir: Path
 ) -> None:
     monkeypatch.chdir(corpus_dir)
-    sims = inputs.expand_sim_args(
+    sims = _paths(
         ["ui-fixtures/ping-e2e.toml", "ui-fixtures", str(corpus_dir / "sims/iroh-1to1-nat.toml")],
         corpus_dir,
     )
@@ -62,7 +67,7 @@ def test_folder_is_not_recursive_and_skips_dotfiles(tmp_path: Path) -> None:
     write(tmp_path / "sims" / ".#a.toml", "not toml [")
     write(tmp_path / "sims" / "notes.txt", "x")
     write(tmp_path / "sims" / "deeper" / "c.toml")
-    sims = inputs.expand_sim_args([str(tmp_path / "sims")], tmp_path)
+    sims = _paths([str(tmp_path / "sims")], tmp_path)
     assert [p.name for p in sims] == ["a.toml", "b.toml"]
 
 
@@ -91,20 +96,20 @@ def test_expand_errors(tmp_path: Path, make_arg, message: str) -> None:
     (tmp_path / "ws").mkdir(exist_ok=True)
     arg = make_arg(tmp_path)
     with pytest.raises(UsageError) as err:
-        inputs.expand_sim_args([arg], tmp_path / "ws")
+        _paths([arg], tmp_path / "ws")
     assert message in str(err.value)
     assert err.value.exit_code == 2
 
 
 def test_no_sims_is_usage_error(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no sim given: pass --file"):
-        inputs.expand_sim_args([], tmp_path)
+        _paths([], tmp_path)
 
 
 def test_symlink_inside_workspace_is_fine(tmp_path: Path) -> None:
     real = write(tmp_path / "sims" / "real.toml")
     (tmp_path / "alias.toml").symlink_to(real)
-    assert inputs.expand_sim_args([str(tmp_path / "alias.toml")], tmp_path) == [real]
+    assert _paths([str(tmp_path / "alias.toml")], tmp_path) == [real]
 
 
 @pytest.mark.parametrize(
@@ -123,7 +128,7 @@ def test_toml_error_reports_file_and_line(
     write(tmp_path / "sims" / "ok.toml")
     write(tmp_path / "sims" / "bad.toml", text)
     with pytest.raises(UsageError) as err:
-        inputs.expand_sim_args(["sims"], tmp_path)
+        _paths(["sims"], tmp_path)
     msg = str(err.value)
     assert msg.startswith(where)
     assert f"invalid TOML {at}" in msg
@@ -137,7 +142,7 @@ def test_toml_error_reports_file_and_line(
 def test_not_utf8_is_usage_error(tmp_path: Path) -> None:
     (tmp_path / "bin.toml").write_bytes(b"name = '\xff\xfe'\n")
     with pytest.raises(UsageError):
-        inputs.expand_sim_args([str(tmp_path / "bin.toml")], tmp_path)
+        _paths([str(tmp_path / "bin.toml")], tmp_path)
 
 
 # ── guest paths and command ──────────────────────────────────────────────────
@@ -162,7 +167,7 @@ def test_guest_sim_path_outside(tmp_path: Path) -> None:
 
 
 def test_guest_paths_of_corpus(corpus_dir: Path) -> None:
-    sims = inputs.expand_sim_args([str(corpus_dir / "sims")], corpus_dir)
+    sims = _paths([str(corpus_dir / "sims")], corpus_dir)
     assert [inputs.guest_sim_path(p, corpus_dir) for p in sims] == [
         f"/app/sims/{name}" for name in CORPUS_SIMS
     ]

@@ -25,14 +25,6 @@ def show_path(path: Path) -> str:
     return reader.show_path(path)
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; errors become a UsageError naming file, line and column."""
-    try:
-        return reader.read_toml(path)
-    except SimError as err:
-        raise UsageError(str(err)) from None
-
-
 class SimFiles(Sequence[Path]):
     """The sims of one invocation (the expanded `--file` list, resolved), read once.
 
@@ -182,11 +174,6 @@ def read_sims(args: list[str], workspace: Path | None) -> SimFiles:
         except SimError as err:
             raise UsageError(str(err)) from None
     return sims
-
-
-def expand_sim_args(args: list[str], workspace: Path | None) -> list[Path]:
-    """The resolved sim paths of --file values (read_sims)."""
-    return read_sims(args, workspace).paths
 
 
 def sim_plan(path: Path, strict: bool = True, sims: SimFiles | None = None) -> str:
