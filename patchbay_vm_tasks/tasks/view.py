@@ -23,8 +23,11 @@ if TYPE_CHECKING:
 # The server and report modules load when a viewer task runs, not with every task.
 
 
-def start_viewer(work_dir: Path, bind: str, open_browser: bool) -> ViewerServer:
-    """A running viewer in a background thread (also for `sim.run --open`)."""
+def start_viewer(
+    work_dir: Path, bind: str, open_browser: bool, *, serving_only: bool = False
+) -> ViewerServer:
+    """A running viewer in a background thread (also for `sim.run --open`, where it shows
+    the run as it goes; serving_only: `sim.serve`, where serving is all there is)."""
     from ..viewer import server as server_mod
 
     try:
@@ -33,17 +36,29 @@ def start_viewer(work_dir: Path, bind: str, open_browser: bool) -> ViewerServer:
         raise UsageError(str(e)) from None
     except OSError as e:
         raise UsageError(f"cannot listen on {bind}: {e.strerror or e}") from None
-    say(f"viewer on {srv.url} over {work_dir} (Ctrl-C stops it)")
+    then = "Ctrl-C stops it" if serving_only else "it shows the run as it goes"
+    say(f"viewer on {srv.url} over {work_dir}; {then}")
+    if srv.hosts.network:
+        urls = srv.hosts.urls()
+        where = ", ".join(urls) if urls else "(no address but loopback yet)"
+        say(f"the runs in {work_dir} are now visible to the network, no login asked: {where}")
     if open_browser:
         webbrowser.open(srv.url)
     return srv
 
 
-def serve_until_interrupted(srv: ViewerServer, interrupted: bool = False) -> None:
-    """Keep serving until Ctrl-C (at once when the run before was interrupted), then stop."""
+def serve_until_interrupted(
+    srv: ViewerServer, interrupted: bool = False, *, say_still: bool = True, note: str = ""
+) -> None:
+    """Keep serving until Ctrl-C (at once when the run before was interrupted), then stop.
+    say_still: say that it is still serving (after a run; not right after starting it);
+    note: a line to say first (where a Ctrl-C is already a clean stop)."""
     try:
+        if note:
+            say(note)
         if not interrupted:
-            say(f"still serving {srv.url}; Ctrl-C stops it")
+            if say_still:
+                say(f"still serving {srv.url}; Ctrl-C stops it")
             srv.stopping.wait()
     except KeyboardInterrupt:
         pass
@@ -52,10 +67,27 @@ def serve_until_interrupted(srv: ViewerServer, interrupted: bool = False) -> Non
         srv.server_close()
 
 
+def check_work_dir(work_dir: Path, given: str | None) -> str | None:
+    """Exit 2 for a work dir given by the user that is not there (a typo, most likely: a
+    viewer over nothing would show an empty page forever) or is not a folder. The default
+    (or configured) one not there yet is normal before a first run: a note to say."""
+    if work_dir.exists() and not work_dir.is_dir():
+        raise UsageError(f"work dir {work_dir}: not a folder")
+    if work_dir.exists():
+        return None
+    if given is not None:
+        raise UsageError(
+            f"--work-dir {given}: no such folder (give the work dir of a sim.run; "
+            "without --work-dir the default one is served)"
+        )
+    return f"{work_dir} does not exist yet: runs appear on the page as sim.run writes them there"
+
+
 @task(
     help={
         "work_dir": "The work dir to show (default .patchbay-work).",
-        "bind": "HOST:PORT to listen on (default 127.0.0.1:7421; only this host).",
+        "bind": "HOST:PORT to listen on (default 127.0.0.1:7421: only this host; "
+        "0.0.0.0:PORT: the network too).",
         "open": "Open the page in the default browser.",
     },
 )
@@ -65,7 +97,9 @@ def serve(
     """Serve the results viewer over the work dir until Ctrl-C."""
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
-        serve_until_interrupted(start_viewer(s.work_dir, bind, open))
+        note = check_work_dir(s.work_dir, work_dir)
+        srv = start_viewer(s.work_dir, bind, open, serving_only=True)
+        serve_until_interrupted(srv, say_still=False, note=note or "")
 
 
 @task(

@@ -1,7 +1,8 @@
 """`sim.serve`'s server: the API over a work dir on the standard library's threading server.
 
 Safe by default: it binds 127.0.0.1, and answers only requests whose Host header names the
-bound address (a page on another site cannot reach it through DNS rebinding).
+server as bound (`hosts`: a page on another site cannot reach it through DNS rebinding).
+GET and HEAD (the same answer without its body); any other method is 405.
 
 Bounded under load: a listen backlog of LISTEN_BACKLOG, at most MAX_WORKERS requests served
 at once (more wait in the backlog), of which at most MAX_STREAMS live event streams (one
@@ -11,7 +12,7 @@ a half-sent request or a reader that stopped reading frees its thread.
 
 from __future__ import annotations
 
-import ipaddress
+import contextlib
 import re
 import socket
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 from . import DEFAULT_BIND
 from .api import Api, Response
+from .hosts import Hosts, parse_address
 
 # Listen backlog: 200 clients at once must all get in (the default, 5, left 25-51 of 200
 # unanswered); the kernel caps it at net.core.somaxconn.
@@ -50,20 +52,6 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def allowed_hosts(host: str, port: int) -> set[str]:
-    """The Host header values that name this server."""
-    names = {host}
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-    if (ip is not None and ip.is_loopback) or host == "localhost":
-        names |= {"127.0.0.1", "localhost", "[::1]"}
-    if ip is not None and ip.version == 6:
-        names.add(f"[{host}]")
-    return {f"{n}:{port}" for n in names}
-
-
 class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -87,7 +75,15 @@ class ViewerServer(ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), Handler)
-        self.hosts = allowed_hosts(host, self.server_address[1])
+        self.hosts = Hosts(host, str(self.server_address[0]), self.server_address[1])
+
+    def server_bind(self) -> None:
+        # `::` means every address, IPv4 too, whatever the system's default.
+        address = parse_address(str(self.server_address[0]))
+        if self.address_family == socket.AF_INET6 and address and address.is_unspecified:
+            with contextlib.suppress(OSError, AttributeError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
     def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
         # In the accepting thread: with every worker busy, accepting waits (the clients
@@ -116,8 +112,8 @@ class ViewerServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+        """The URL for a browser on this machine (for an all-addresses bind, loopback's)."""
+        return self.hosts.local_url
 
     def shutdown(self) -> None:
         self.stopping.set()  # ends the event streams, which would otherwise hold threads
@@ -136,24 +132,41 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        if self.headers.get("Host", "").lower() not in self.server.hosts:
-            self._send(Response(403, "text/plain", b"forbidden: unexpected Host header\n"))
-            return
+        self._send(self._answer())
+
+    def do_HEAD(self) -> None:
+        self._send(self._answer(), head=True)
+
+    def _answer(self) -> Response:
+        if not self.server.hosts.allows(self.headers.get("Host")):
+            return Response(403, "text/plain", b"forbidden: unexpected Host header\n")
         try:
-            response = self.server.api.handle(self.path)
+            return self.server.api.handle(self.path)
         except OSError:
-            response = Response(404, "application/json", b'{"error": "not readable"}')
+            return Response(404, "application/json", b'{"error": "not readable"}')
         except Exception as e:  # noqa: BLE001 (whatever a run's files do, the server answers)
             print(f"viewer: {self.path[:200]!r}: {type(e).__name__}: {e}", file=sys.stderr)
-            response = Response(500, "application/json", b'{"error": "internal error"}')
-        self._send(response)
+            return Response(500, "application/json", b'{"error": "internal error"}')
 
     def _refuse(self) -> None:
-        self._send(Response(405, "text/plain", b"only GET\n"))
+        response = Response(405, "text/plain", b"only GET and HEAD\n")
+        response.headers["Allow"] = "GET, HEAD"
+        self._send(response)
 
-    do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
-    def _send(self, response: Response) -> None:
+    def _send(self, response: Response, head: bool = False) -> None:
+        """The response; for HEAD its status and headers alone (a stream is not started,
+        a file not read)."""
+        if head:
+            try:
+                self._send_headers(response)
+            except OSError:
+                self.close_connection = True
+            finally:
+                if response.chunks is not None:
+                    response.chunks.close()
+            return
         holds_stream = False
         if response.stream is not None:
             holds_stream = self.server.streams.acquire(blocking=False)
