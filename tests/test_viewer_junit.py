@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 from junitparser import Failure, JUnitXml, Skipped
-from test_viewer_fixture import INV_FAIL, INV_OK, make_workdir
+from test_viewer_fixture import INV_FAIL, INV_OK, make_workdir, write_invocation
 
 from patchbay_vm_tasks.viewer import junit, report
 
@@ -38,7 +39,7 @@ def test_sim_invocation_with_a_failing_sim(tmp_path: Path) -> None:
     work = make_workdir(tmp_path)
     xml = read_back(junit.sim_junit_xml(**junit.sim_invocation_data(work, "latest")), tmp_path)
     (suite,) = list(xml)
-    assert suite.name == INV_FAIL and suite.tests == 1 and suite.failures == 1
+    assert suite.name == "patchbay" and suite.tests == 1 and suite.failures == 1
     (case,) = list(suite)
     (failure,) = case.result
     assert isinstance(failure, Failure)
@@ -48,6 +49,87 @@ def test_sim_invocation_with_a_failing_sim(tmp_path: Path) -> None:
     )
     assert "phase: steps" in failure.text
     assert "ping: connect: Network is unreachable" in case.system_out
+
+
+def junit_names(xml: str) -> list[tuple[str, ...]]:
+    """Every name a CI keys its history on: the root's, each suite's, each case's."""
+    root = ET.fromstring(xml)
+    names = [("testsuites", root.get("name", ""))]
+    for suite in root.iter("testsuite"):
+        names.append(("testsuite", suite.get("name", "")))
+        names += [
+            ("testcase", c.get("classname", ""), c.get("name", "")) for c in suite.iter("testcase")
+        ]
+    return names
+
+
+def test_sim_junit_names_are_the_same_in_every_run(tmp_path: Path) -> None:
+    # Two invocations of the same sims: the fixture's and a later one.
+    work = make_workdir(tmp_path)
+    later = "sim-260302-090000"
+    write_invocation(work, later, [("ping-e2e", "ping"), ("iperf-e2e", "iperf")])
+    first = junit.write_sim_junit(work, tmp_path / "first.xml", INV_OK).read_text()
+    second = junit.write_sim_junit(work, tmp_path / "second.xml", later).read_text()
+    assert first != second
+    assert (
+        junit_names(first)
+        == junit_names(second)
+        == [
+            ("testsuites", "patchbay"),
+            ("testsuite", "patchbay"),
+            ("testcase", "patchbay.ping-e2e", "ping-e2e"),
+            ("testcase", "patchbay.iperf-e2e", "iperf-e2e"),
+        ]
+    )
+    # The run folder is kept: a property of the suite and of each case, and system-out.
+    for xml, folder in ((first, INV_OK), (second, later)):
+        root = ET.fromstring(xml)
+        suite = root.find("testsuite")
+        assert suite is not None and suite[0].tag == "properties"
+        assert suite.find("properties/property[@name='invocation']").get("value") == folder
+        for case in suite.iter("testcase"):
+            run = case.find("properties/property[@name='run_folder']").get("value")
+            assert run == f"{folder}/{case.get('name')}"
+            assert case.findtext("system-out").startswith(f"run folder: {run}\n")
+    parsed = JUnitXml.fromfile(str(tmp_path / "first.xml"))
+    (suite,) = list(parsed)
+    assert {p.name: p.value for p in suite.properties()} == {"invocation": INV_OK}
+    assert all(case.is_passed for case in suite)
+
+
+def test_test_junit_names_are_the_same_in_every_run() -> None:
+    # Two builds of the same tests: cargo's hash in a file name differs, the output too.
+    out = "running 2 tests\ntest a ... ok\ntest b ... ok\n\ntest result: ok. 2 passed\n"
+    slow = out.replace("2 passed", "2 passed; finished in 3.2s")
+    first = junit.test_run_junit_xml(
+        [
+            junit.TestBinaryRun("net-3f2a9c0b1d4e5f60", 0, out, 1.5),
+            junit.TestBinaryRun("mycrate::e2e (test)", 0, "no libtest lines\n", 0.2),
+        ]
+    )
+    second = junit.test_run_junit_xml(
+        [
+            junit.TestBinaryRun("net-0123456789abcdef", 0, slow, 2.5),
+            junit.TestBinaryRun("mycrate::e2e (test)", 0, "other output\n", 0.4),
+        ]
+    )
+    assert (
+        junit_names(first)
+        == junit_names(second)
+        == [
+            ("testsuites", "cargo test (patchbay VM)"),
+            ("testsuite", "net"),
+            ("testcase", "net", "a"),
+            ("testcase", "net", "b"),
+            ("testsuite", "mycrate::e2e (test)"),
+            ("testcase", "mycrate::e2e (test)", "mycrate::e2e (test)"),
+        ]
+    )
+    suite = ET.fromstring(second).find("testsuite")
+    assert suite.find("properties/property[@name='binary']").get("value") == (
+        "net-0123456789abcdef"
+    )
+    assert junit.stable_binary_name("net-2") == "net-2"  # not a hash: kept
 
 
 def test_sim_pending_and_parse_errors() -> None:

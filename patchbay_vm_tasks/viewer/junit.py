@@ -2,6 +2,12 @@
 
 The writers are pure (data in, XML text out); `sim_invocation_data` reads what they need
 from a work dir.
+
+Names are the same in every run, so that a CI's history of a sim or a test lines up:
+a sim is the testcase `<sim name>` of classname `patchbay.<sim name>` in the testsuite
+`patchbay`; a test is `<test name>` of classname `<binary>` (cargo's hash left out of a
+file name). What changes per run goes in properties and system-out: the run folder
+(`sim-YYMMDD-HHMMSS`, and `<folder>/<sim dir>` per sim), a binary's full file name.
 """
 
 from __future__ import annotations
@@ -53,7 +59,22 @@ def _suite(parent: ET.Element, name: str, cases: list[ET.Element], seconds: floa
     return suite
 
 
+def _properties(parent: ET.Element, values: dict[str, str], first: bool = False) -> None:
+    """`<properties><property name= value=/>...</properties>`; first: before the cases
+    (where the JUnit schema has a suite's properties)."""
+    props = ET.Element("properties")
+    for key, value in values.items():
+        ET.SubElement(props, "property", name=key, value=_clean(value))
+    if first:
+        parent.insert(0, props)
+    else:
+        parent.append(props)
+
+
 # ------------------------------------------------------------------------- sims
+
+# The suite, and the first part of each sim's classname: the same in every run.
+SIM_SUITE = "patchbay"
 
 
 def sim_failure_message(sim_json: dict | None, progress_error: str | None = None) -> str:
@@ -82,7 +103,7 @@ def sim_junit_xml(
     simulations: progress.json / manifest.json `simulations[]` ({sim, status, sim_dir,
     runtime_ms, error}); sim_jsons and step_logs are keyed by sim name (log file -> text).
     """
-    root = ET.Element("testsuites", name=f"patchbay {invocation}")
+    root = ET.Element("testsuites", name=SIM_SUITE)
     cases = []
     total = 0.0
     for entry in simulations:
@@ -92,8 +113,10 @@ def sim_junit_xml(
         ms = (sim_json or {}).get("runtime_ms", entry.get("runtime_ms")) or 0
         seconds = float(ms) / 1000 if isinstance(ms, int | float) else 0.0
         total += seconds
-        case = ET.Element("testcase", name=name, classname=f"patchbay.{invocation}")
+        case = ET.Element("testcase", name=name, classname=f"{SIM_SUITE}.{name}")
         case.set("time", f"{seconds:.3f}")
+        run_folder = f"{invocation}/{Path(str(entry.get('sim_dir') or name)).name}"
+        _properties(case, {"run_folder": run_folder})
         if status == "error":
             message = sim_failure_message(sim_json, entry.get("error"))
             failure = ET.SubElement(case, "failure", message=_clean(message), type="sim")
@@ -104,13 +127,11 @@ def sim_junit_xml(
         elif status != "ok":
             ET.SubElement(case, "skipped", message=f"sim did not finish (status {status})")
         logs = step_logs.get(name) or {}
-        if logs:
-            out = "\n".join(
-                f"==> {path} <==\n{text.rstrip()}" for path, text in sorted(logs.items())
-            )
-            ET.SubElement(case, "system-out").text = _clean(_cap(out))
+        out = "\n".join(f"==> {path} <==\n{text.rstrip()}" for path, text in sorted(logs.items()))
+        ET.SubElement(case, "system-out").text = _clean(f"run folder: {run_folder}\n{_cap(out)}")
         cases.append(case)
-    _suite(root, invocation, cases, total)
+    suite = _suite(root, SIM_SUITE, cases, total)
+    _properties(suite, {"invocation": invocation}, first=True)
     return _xml(root)
 
 
@@ -219,16 +240,27 @@ def _panic_message(detail: str) -> str:
     return (detail.splitlines() or ["test failed"])[0][:300]
 
 
+# The hash cargo puts in a test binary's file name (`net-3f2a9c0b1d4e5f60`): it changes
+# with the compiler, the flags and the dependencies, so it is no part of a stable name.
+_CARGO_HASH = re.compile(r"-[0-9a-f]{16}$")
+
+
+def stable_binary_name(name: str) -> str:
+    """A test binary's name without cargo's hash (`net-3f2a9c0b1d4e5f60` -> `net`)."""
+    return _CARGO_HASH.sub("", name) or name
+
+
 def test_run_junit_xml(binaries: Sequence[TestBinaryRun]) -> str:
     """A testsuite per binary; a testcase per libtest line, or one for the binary when its
     output has none (`harness = false`, `-q`)."""
     root = ET.Element("testsuites", name="cargo test (patchbay VM)")
     for binary in binaries:
+        stable = stable_binary_name(binary.name)
         parsed = parse_libtest(binary.output)
         cases = []
         if parsed:
             for test in parsed:
-                case = ET.Element("testcase", name=test.name, classname=binary.name, time="0.000")
+                case = ET.Element("testcase", name=test.name, classname=stable, time="0.000")
                 if test.outcome == "failed":
                     failure = ET.SubElement(
                         case, "failure", message=_clean(_panic_message(test.detail))
@@ -239,17 +271,19 @@ def test_run_junit_xml(binaries: Sequence[TestBinaryRun]) -> str:
                 cases.append(case)
             if binary.exit_code and not any(c.find("failure") is not None for c in cases):
                 # Exited non-zero with every test passing: a crash after the tests, say so.
-                case = ET.Element("testcase", name="(binary exit)", classname=binary.name)
+                case = ET.Element("testcase", name="(binary exit)", classname=stable)
                 ET.SubElement(case, "failure", message=f"exit code {binary.exit_code}")
                 cases.append(case)
         else:
-            case = ET.Element("testcase", name=binary.name, classname=binary.name)
+            case = ET.Element("testcase", name=stable, classname=stable)
             case.set("time", f"{binary.seconds:.3f}")
             if binary.exit_code:
                 failure = ET.SubElement(case, "failure", message=f"exit code {binary.exit_code}")
                 failure.text = _clean(_cap(binary.output))
             cases.append(case)
-        suite = _suite(root, binary.name, cases, binary.seconds)
+        suite = _suite(root, stable, cases, binary.seconds)
+        if stable != binary.name:
+            _properties(suite, {"binary": binary.name}, first=True)
         if binary.output:
             ET.SubElement(suite, "system-out").text = _clean(_cap(binary.output))
     return _xml(root)
