@@ -16,6 +16,7 @@ patchbay-vm test [FILTER] [flags] [-- ARGS]  -> test.run [FILTER] [flags] -- ARG
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +24,19 @@ from pathlib import Path
 from invoke import Exit, Program
 from invoke.parser import ParseError
 
+from . import __version__
 from .errors import EXIT_USAGE
 from .tasks import namespace
 from .tasks.common import set_remainder
+
+# patchbay-vm's commands and the tasks they run (for `COMMAND --help`).
+TASK_OF = {
+    "up": "vm.up", "down": "vm.down", "status": "vm.status", "cleanup": "vm.cleanup",
+    "ssh": "vm.ssh", "ssh-config": "vm.ssh-config", "cp": "vm.cp", "list": "vm.list",
+    "destroy": "vm.destroy", "run": "sim.run", "check": "sim.check", "inspect": "sim.inspect",
+    "run-in": "sim.exec", "serve": "sim.serve", "report": "sim.report", "test": "test.run",
+}  # fmt: skip
+COMMAND_OF = {task: command for command, task in TASK_OF.items()}
 
 SIMPLE = {
     "up": "vm.up",
@@ -48,12 +59,13 @@ TEST_VALUE_FLAGS = {
     "--junit",
 }  # fmt: skip
 
-USAGE = """usage: patchbay-vm <command> [args]
+USAGE = """usage: patchbay-vm <command> [args]   (patchbay-vm COMMAND --help: one command)
 
 commands:
   up [--recreate] [--refresh]
                            boot the VM, or reuse the running one
-  down                     shut the VM down
+  down [--poweroff]        stop the VM, saving it (the next up resumes it in seconds);
+                           --poweroff shuts it down instead
   status [--json]          show the VM's state (exit 3 when not running)
   cleanup                  remove stale files and helpers of a dead VM
   ssh [-- CMD ARGS...]     run a command in the guest; no command: a shell
@@ -72,7 +84,20 @@ commands:
                            build Rust tests and run them in the guest
 
 Settings come from QEMU_VM_* variables and the `vm:` section of invoke.yaml.
+`patchbay-vm --version` says which version this is.
 """
+
+
+def synopsis(command: str) -> str:
+    """The command's line of USAGE (`up [--recreate] [--refresh]`), for its help."""
+    lines = USAGE.split("commands:\n", 1)[1].splitlines()
+    for line in lines:
+        words = line.split()
+        if words and words[0] == command:
+            text = line.strip()
+            # The synopsis ends where the description starts (two spaces or more).
+            return text.split("  ", 1)[0]
+    return command
 
 
 def split_positionals(args: list[str], value_flags: set[str]) -> tuple[list[str], list[str]]:
@@ -98,32 +123,29 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
     if "--" in rest:
         i = rest.index("--")
         rest, after = rest[:i], rest[i + 1 :]
+    task = TASK_OF.get(command)
+    if task and ("--help" in rest or "-h" in rest):
+        return ["--help", task], None  # help wherever it stands, and nothing else
     if command in SIMPLE:
         return [SIMPLE[command], *rest], None
     if command == "ssh":
-        if "--help" in rest or "-h" in rest:
-            return ["--help", "vm.ssh"], None
         # `ssh -- CMD` as the guide writes it; `ssh CMD` works too.
         return ["vm.ssh"], (after if after is not None else rest)
     if command == "run":
-        if "--help" in rest or "-h" in rest:
-            return ["--help", "sim.run"], None
         sims, flags = split_positionals(rest, RUN_VALUE_FLAGS)
         return ["sim.run", *[x for sim in sims for x in ("--file", sim)], *flags], None
     if command == "check":
-        if "--help" in rest or "-h" in rest:
-            return ["--help", "sim.check"], None
         sims, flags = split_positionals(rest, set())
         return ["sim.check", *[x for sim in sims for x in ("--file", sim)], *flags], None
     if command == "inspect":
-        if "--help" in rest or "-h" in rest or not rest:
-            return ["--help", "sim.inspect"], None
+        if not rest:
+            raise SystemExit("patchbay-vm inspect: give the SIM whose lab to build")
         if len(rest) != 1:
             raise SystemExit(f"patchbay-vm inspect: one SIM, got {rest}")
         return ["sim.inspect", "--file", rest[0]], None
     if command == "run-in":
-        if "--help" in rest or "-h" in rest or not rest:
-            return ["--help", "sim.exec"], None
+        if not rest:
+            raise SystemExit("patchbay-vm run-in: give the NODE: run-in NODE -- CMD ARGS")
         if len(rest) != 1:
             raise SystemExit(f"patchbay-vm run-in: one NODE, got {rest}")
         if not after:
@@ -132,8 +154,6 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
             )
         return ["sim.exec", "--node", rest[0]], after
     if command == "serve":
-        if "--help" in rest or "-h" in rest:
-            return ["--help", "sim.serve"], None
         dirs, flags = split_positionals(rest, SERVE_VALUE_FLAGS)
         if len(dirs) > 1:
             raise SystemExit(f"patchbay-vm serve: one OUTDIR at most, got {dirs}")
@@ -141,8 +161,6 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
     if command == "report":
         return ["sim.report", *rest], None
     if command == "test":
-        if "--help" in rest or "-h" in rest:
-            return ["--help", "test.run"], None
         positionals, flags = split_positionals(rest, TEST_VALUE_FLAGS)
         if len(positionals) > 1:
             raise SystemExit(f"patchbay-vm test: one FILTER at most, got {positionals}")
@@ -152,6 +170,9 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--version"], ["-V"], ["version"]):
+        print(f"patchbay-vm {__version__} (patchbay-vm-tasks)")
+        return
     try:
         invoke_argv, remainder = translate(argv)
     except SystemExit as e:
@@ -199,6 +220,17 @@ class _Program(Program):
     def parse_tasks(self) -> None:
         with _usage_exit():
             super().parse_tasks()
+
+    def print_task_help(self, name: str) -> None:
+        """A command's help in this command's spelling: its usage line from USAGE, then
+        Invoke's docstring and options of the task it runs."""
+        command = COMMAND_OF.get(name, name)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            super().print_task_help(name)
+        _usage, _, rest = out.getvalue().partition("\n")
+        print(f"Usage: patchbay-vm {synopsis(command)}    (runs `invoke {name}`)")
+        print(rest, end="")
 
     def update_config(self, merge: bool = True) -> None:
         super().update_config(merge=False)

@@ -142,6 +142,7 @@ class VmSettings:
             "arch": self.arch,
             "mem_mb": self.mem_mb,
             "cpus": self.cpus,
+            "cpus_explicit": self.cpus_explicit,
             "disk_gb": self.disk_gb,
             "ssh_port": self.ssh_port,
             "ssh_port_explicit": self.ssh_port_explicit,

@@ -61,3 +61,8 @@ def download_progress() -> Progress:
         console=console(),
         transient=True,
     )
+
+
+def count(n: int, noun: str) -> str:
+    """`1 CPU`, `2 CPUs`: a number and its noun, in agreement."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -40,10 +40,8 @@ from patchbay_vm_tasks import cli
             None,
         ),
         (["inspect", "s.toml"], ["sim.inspect", "--file", "s.toml"], None),
-        (["inspect"], ["--help", "sim.inspect"], None),
         (["run-in", "client", "--", "ping", "-c1", "x"], ["sim.exec", "--node", "client"],
          ["ping", "-c1", "x"]),
-        (["run-in"], ["--help", "sim.exec"], None),
         (["serve"], ["sim.serve"], None),
         (["serve", "out", "--bind", "127.0.0.1:9000", "--open"],
          ["sim.serve", "--work-dir", "out", "--bind", "127.0.0.1:9000", "--open"], None),
@@ -55,6 +53,13 @@ from patchbay_vm_tasks import cli
             ["--test-threads=4"],
         ),
         (["run", "--help"], ["--help", "sim.run"], None),
+        # --help wherever it stands, for every command: its help and nothing else.
+        *[
+            ([command, *before, flag], ["--help", task], None)
+            for command, task in cli.TASK_OF.items()
+            for before, flag in (([], "--help"), (["x"], "-h"), (["-o", "y"], "--help"))
+        ],
+        (["ssh", "--", "ls", "--help"], ["vm.ssh"], ["ls", "--help"]),  # the guest's, after --
         ([], [], None),
         (["--help"], [], None),
     ],
@@ -70,6 +75,8 @@ def test_translate(argv, invoke_argv, remainder) -> None:
         (["test", "a", "b"], "one FILTER at most"),
         (["inspect", "a.toml", "b.toml"], "patchbay-vm inspect: one SIM"),
         (["run-in", "client"], "give the command after --: run-in client -- CMD ARGS"),
+        (["run-in"], "patchbay-vm run-in: give the NODE"),
+        (["inspect"], "patchbay-vm inspect: give the SIM"),
         (["run-in", "a", "b", "--", "true"], "patchbay-vm run-in: one NODE"),
     ],
 )

@@ -124,18 +124,20 @@ def test_a_lost_guest_is_a_transport_error_not_a_failed_command(tmp_path) -> Non
 
 def test_status_text() -> None:
     info = {
-        "name": "vm", "running": True, "pid": 42, "ssh_port": 2222, "ssh_user": "dev",
-        "accel": "tcg", "fs_mode": "9p", "state_dir": "/p/.qemu-vm/vm",
+        "name": "vm", "version": "1.2.3", "running": True, "pid": 42, "ssh_port": 2222,
+        "ssh_user": "dev", "arch": "arm64", "accel": "tcg", "fs_mode": "9p",
+        "state_dir": "/p/.qemu-vm/vm",
         "mounts": [{"guest": "/app", "host": "/p", "access": "ro"}],
     }  # fmt: skip
     text = lifecycle.format_status(info)
     assert "state:     running (PID 42)" in text
     assert "dev@127.0.0.1 port 2222" in text and "fs mode:   9p" in text
     assert "/app     <- /p (ro)" in text
+    assert "arch:      arm64" in text and "version:   patchbay-vm-tasks 1.2.3" in text
     stopped = lifecycle.format_status(info | {"running": False, "pid": None})
     assert "not running" in stopped and "port" not in stopped
     # With the resolved settings (as `status` gives them): what an `up` would use.
-    asked = {"cpus": 2, "mem_mb": 1024, "arch": "amd64", "ssh_port": 2222}
+    asked = {"cpus": 2, "cpus_explicit": True, "mem_mb": 1024, "arch": "amd64", "ssh_port": 2222}
     asked |= {"ssh_port_explicit": False, "image_url": "debian:trixie"}
     stopped = lifecycle.format_status(info | {"running": False, "pid": None, "settings": asked})
     assert "would use: 2 CPUs, 1024 MB, amd64, ssh port 2222 (default)" in stopped

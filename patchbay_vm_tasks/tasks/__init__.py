@@ -25,9 +25,13 @@ def _register_defaults(collection: Collection) -> Collection:
     return collection
 
 
-# Each collection carries the defaults, so a tasks.py that imports only one works too.
+# Each collection carries the defaults, so a tasks.py that imports only one works too
+# (Invoke gives a collection's config to its own tasks); each task knows its dotted name
+# for its help (tasks/common.Task).
 for _collection in (vm, sim, test):
     _register_defaults(_collection)
+    for _name, _task in _collection.tasks.items():
+        _task.help_name = f"{_collection.name}.{_name}"
 
 
 def namespace() -> Collection:
@@ -35,4 +39,11 @@ def namespace() -> Collection:
     return _register_defaults(Collection(vm, sim, test))
 
 
-__all__ = ["namespace", "sim", "test", "vm"]
+def configure(collection: Collection) -> Collection:
+    """Give a collection of your own the `vm:` settings, so that your own tasks in it see
+    `c.config.vm` too: `ns = configure(Collection(vm, sim, mytask))`. (Invoke gives a
+    collection's config only to the tasks under it; `namespace()` does this itself.)"""
+    return _register_defaults(collection)
+
+
+__all__ = ["configure", "namespace", "sim", "test", "vm"]

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 
 from .. import durations, settings
 from ..errors import UsageError
@@ -16,7 +16,7 @@ from ..ui import say
 from ..viewer import DEFAULT_BIND
 from ..vm import lifecycle, qemu
 from . import view
-from .common import check_output_path, remainder, task_errors, write_junit_file
+from .common import check_output_path, emit, remainder, task, task_errors, write_junit_file
 
 if TYPE_CHECKING:
     from ..sim import runner
@@ -52,7 +52,7 @@ VERSION_HELP = (
 )
 def run(
     c: Context,
-    file: list[str],
+    file: list[str] | None = None,
     work_dir: str | None = None,
     binary: list[str] | None = None,
     patchbay_version: str | None = None,
@@ -124,7 +124,7 @@ def run(
         finally:
             vm.close()
         say(f"runner exited with {code} after {took:.1f} s; results in {s.work_dir}")
-        print(inputs.format_summary(inputs.summarize_results(s.work_dir)))
+        emit(inputs.format_summary(inputs.summarize_results(s.work_dir)))
         if junit:
             from ..viewer.junit import write_sim_junit  # xml: loaded only when asked
 
@@ -140,20 +140,26 @@ def run(
 
 
 @task(
+    positional=["file"],
     help={
         "file": "The sim (or topology) TOML whose lab to build.",
         "work_dir": "Host folder shared as /work (default .patchbay-work).",
         "patchbay_version": VERSION_HELP,
-    }
+    },
 )
 def inspect(
-    c: Context, file: str, work_dir: str | None = None, patchbay_version: str | None = None
+    c: Context,
+    file: str,
+    work_dir: str | None = None,
+    patchbay_version: str | None = None,
 ) -> None:
     """Build a sim's topology in the guest and keep it up until Ctrl-C; print NETSIM_IP_*."""
     from ..sim import guestrun, inputs, staging
     from ..vm import sync
 
     with task_errors():
+        if not file:
+            raise UsageError("give the sim whose lab to build: sim.inspect --file sims/x.toml")
         s = settings.from_context(c, work_dir=work_dir)
         sims = inputs.read_sims([file], s.project_dir)
         (sim,) = sims
@@ -176,18 +182,27 @@ def inspect(
 
 
 @task(
+    positional=["node"],
+    iterable=["cmd"],
     help={
         "node": "A device or router of the lab that `sim.inspect` keeps up.",
         "work_dir": "Host folder shared as /work (default .patchbay-work).",
-    }
+        "cmd": "The command as a list, for a task of yours that calls this one "
+        '(sim.exec(c, "client", cmd=["ping", "-c1", "server"])); on the command line it '
+        "goes after --.",
+    },
 )
-def exec(c: Context, node: str, work_dir: str | None = None) -> None:  # noqa: A001 (task name)
+def exec(  # noqa: A001 (task name)
+    c: Context, node: str, work_dir: str | None = None, cmd: list[str] | None = None
+) -> None:
     """Run `-- CMD ARGS` as root in one node of the `sim.inspect` lab; exit code passed on."""
     from ..sim import guestrun, inputs, runner
 
     with task_errors():
+        if not node:
+            raise UsageError("give the node: invoke sim.exec NODE -- ping -c1 host")
         s = settings.from_context(c, work_dir=work_dir)
-        cmd = remainder()
+        cmd = remainder(cmd)
         if not cmd:
             raise UsageError("give the command after --: invoke sim.exec NODE -- ping -c1 host")
         if not (s.work_dir / runner.BIN_DIRNAME / runner.RUNNER_NAME).is_file():
@@ -233,9 +248,11 @@ def _host_facts(s: settings.VmSettings, record: VmRecord, run_id: str) -> dict[s
     iterable=["file"],
     help={"file": "A sim TOML file, or a folder of them (all *.toml, sorted). Repeatable."},
 )
-def check(c: Context, file: list[str]) -> None:
-    """Read sims on the host as the builtin runner reads them and print each expanded plan
-    (routers, devices, binaries, one line a step). No VM. Unknown keys are errors here."""
+def check(c: Context, file: list[str] | None = None) -> None:
+    """Read sims on the host as the builtin runner does and print their expanded plans.
+
+    Each plan: routers, devices, binaries, one line a step. No VM. Unknown keys are
+    errors here (a run only warns)."""
     from ..sim import inputs
 
     with task_errors():
@@ -245,7 +262,7 @@ def check(c: Context, file: list[str]) -> None:
         sims = inputs.check_sims(file)
         for path in sims:
             plans.append(inputs.sim_plan(path, sims=sims))
-            print(plans[-1] + "\n", flush=True)
+            emit(plans[-1] + "\n")
         say(f"{len(plans)} sim(s) read without error")
 
 

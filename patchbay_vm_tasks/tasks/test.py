@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from invoke import Collection, Context, Exit, Task, task
+from invoke import Collection, Context, Exit
 
 from .. import durations, settings
 from ..errors import UsageError
 from ..rusttest import cargo, staging, testrun
 from ..ui import say
 from ..vm import guest, lifecycle, sync
-from .common import check_output_path, remainder, task_errors, write_junit_file
+from .common import Task, check_output_path, emit, remainder, task, task_errors, write_junit_file
 
 
 class CargoFlagsTask(Task):
@@ -37,7 +37,7 @@ class CargoFlagsTask(Task):
     # Invoke has no optional positional arguments, so FILTER is --filter/-f here
     # (`patchbay-vm test FILTER` takes it bare).
     short_flags={"filter": "f", "package": "p", "jobs": "j", "features": "F"},
-    iterable=["package", "test", "features"],
+    iterable=["package", "test", "features", "args"],
     help={
         "filter": "Run only tests whose name contains this (passed to each test binary).",
         "target": "Rust target triple to build for (default the musl one of the guest arch, "
@@ -54,6 +54,8 @@ class CargoFlagsTask(Task):
         "timeout": "Limit per test binary, e.g. 300, 90s, 10m, 1h: it is then killed "
         "and counts as failed.",
         "junit": "Also write a JUnit XML file: a testcase per test of each binary.",
+        "args": "Arguments for each test binary, as a list, for a task of yours that calls "
+        "this one; on the command line they go after --.",
     },
 )
 def run(
@@ -71,6 +73,7 @@ def run(
     sudo: bool = False,
     timeout: str | None = None,
     junit: str | None = None,
+    args: list[str] | None = None,
 ) -> None:
     """Build Rust tests with cargo and run them in the VM; args after -- go to each binary."""
     with task_errors():
@@ -90,7 +93,7 @@ def run(
         cargo.check_target(
             build.target, cargo.installed_targets(cwd=s.project_dir), cwd=s.project_dir
         )
-        test_args = remainder()
+        test_args = remainder(args)
         # cargo builds while the VM boots (or is checked); a failed build stops the task
         # before anything runs in the guest.
         with cargo.start_build(build, s.project_dir) as job:
@@ -104,7 +107,7 @@ def run(
             results = _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, s.work_dir, limit)
         finally:
             vm.close()
-        print(testrun.format_summary(results))
+        emit(testrun.format_summary(results))
         if junit:
             say(f"JUnit report: {write_junit_file(write_test_junit, results, Path(junit))}")
     code = testrun.overall_exit_code(results)
@@ -187,7 +190,7 @@ def _run_each(vm, exes, guest_paths, filter, test_args, sudo, no_fail_fast, limi
         outcome = testrun.BinaryResult(
             exe.label, result.exited, result.stdout + result.stderr, took, cut
         )
-        print(testrun.format_result_line(outcome), flush=True)
+        emit(testrun.format_result_line(outcome))
         results.append(outcome)
         if not outcome.passed and not no_fail_fast:
             say("stopping after the first failing binary (--no-fail-fast runs them all)")

@@ -9,13 +9,13 @@ import webbrowser
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from invoke import Context, task
+from invoke import Context
 
 from .. import settings
 from ..errors import UsageError
 from ..ui import say
 from ..viewer import DEFAULT_BIND
-from .common import task_errors
+from .common import task, task_errors
 
 if TYPE_CHECKING:
     from ..viewer.server import ViewerServer
@@ -110,12 +110,14 @@ def serve(
     },
 )
 def report(
-    c: Context, output: str, work_dir: str | None = None, invocation: str = "latest"
+    c: Context, output: str | None = None, work_dir: str | None = None, invocation: str = "latest"
 ) -> None:
     """Write one self-contained HTML report of an invocation (no server needed to view it)."""
     from ..viewer import report as report_mod
 
     with task_errors():
+        if not output:
+            raise UsageError("give the file to write: sim.report -o report.html")
         s = settings.from_context(c, work_dir=work_dir)
         try:
             out = report_mod.write_report(s.work_dir, Path(output), invocation)

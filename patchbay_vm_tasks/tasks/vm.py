@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
-from invoke import Collection, Context, Exit, task
+from invoke import Collection, Context, Exit
 
 from .. import settings
+from ..errors import UsageError
 from ..settings import FsMode
 from ..vm import guest, guestcopy, lifecycle, openssh
 from ..vm.state import state_of
-from .common import remainder, task_errors
+from .common import emit, remainder, task, task_errors
 
 # `vm.status` exit code when the VM is not running (as LSB's "program is not running").
 NOT_RUNNING = 3
@@ -29,7 +31,7 @@ def up(c: Context, recreate: bool = False, refresh: bool = False) -> None:
         vm = lifecycle.up(settings.from_context(c), recreate=recreate, refresh=refresh)
         vm.close()
         if not vm.booted:
-            print(f"VM {vm.record.name} is running (ssh port {vm.record.ssh_port})")
+            emit(f"VM {vm.record.name} is running (ssh port {vm.record.ssh_port})")
 
 
 @task(
@@ -39,23 +41,26 @@ def up(c: Context, recreate: bool = False, refresh: bool = False) -> None:
     }
 )
 def down(c: Context, poweroff: bool = False) -> None:
-    """Stop the VM: save the guest so the next vm.up resumes it in seconds (9p or no
-    shares), else shut it down (ACPI powerdown, then QMP quit); stop its helpers."""
+    """Stop the VM, saving the guest so the next vm.up resumes it in seconds.
+
+    A guest that cannot be saved (virtiofs shares, an image without the guest agent), or
+    --poweroff: ACPI powerdown, then QMP quit. Its helper processes stop either way."""
     with task_errors():
-        print(lifecycle.down(settings.from_context(c), poweroff=poweroff))
+        emit(lifecycle.down(settings.from_context(c), poweroff=poweroff))
 
 
 # `json_` because `json` would shadow the module; Invoke spells it --json.
 @task(help={"json_": "Print one JSON object instead of text."})
 def status(c: Context, json_: bool = False) -> None:
-    """Show name, state, SSH port, accel, fs mode, mounts and the resolved settings.
-    Exits 3 when not running."""
+    """Show the VM's state, SSH port, accel, fs mode, mounts and resolved settings.
+
+    Exits 3 when it is not running."""
     with task_errors():
         info = lifecycle.status(settings.from_context(c))
     text = lifecycle.format_status(info)
     if info.get("fs_mode") == FsMode.NONE:
         text += "\n  (not shared: tasks copy files into these guest folders and results back)"
-    print(json.dumps(info, indent=2) if json_ else text)
+    emit(json.dumps(info, indent=2) if json_ else text)
     if not info["running"]:
         raise Exit(code=NOT_RUNNING)
 
@@ -64,20 +69,34 @@ def status(c: Context, json_: bool = False) -> None:
 def cleanup(c: Context) -> None:
     """Remove stale sockets, PID files and helper processes left by a VM that died."""
     with task_errors():
-        print(lifecycle.cleanup(settings.from_context(c)))
+        emit(lifecycle.cleanup(settings.from_context(c)))
 
 
-@task
-def ssh(c: Context) -> None:
+@task(
+    iterable=["cmd"],
+    help={
+        "cmd": "The command as a list, for a task of yours that calls this one "
+        '(vm.ssh(c, cmd=["ip", "netns", "list"])); on the command line it goes after --.',
+    },
+)
+def ssh(c: Context, cmd: list[str] | None = None) -> None:
     """Run `-- CMD ARGS...` in the guest (exit code passed through); no command: a shell.
+
     With the OpenSSH client, one connection is kept for later calls (about 0.15 s each)."""
     with task_errors():
         s = settings.from_context(c)
-        argv = remainder()
+        argv = remainder(cmd)
         ssh_bin = openssh.client()
         if ssh_bin:
             record = lifecycle.running_record(s)
             ssh = openssh.argv(ssh_bin, state_of(s), record.ssh_port, record.ssh_user, argv or None)
+            if cmd:
+                # Called from a task of yours: ssh as a child, and your task goes on
+                # (a failing command ends it with its exit code, as c.run would).
+                code = subprocess.run(ssh, check=False).returncode
+                if code:
+                    raise Exit(code=code)
+                return
             code = openssh.hand_over(ssh)
             raise Exit(code=code)  # Windows only: elsewhere this process became ssh
         vm = lifecycle.require_running(s)
@@ -96,7 +115,7 @@ def ssh(c: Context) -> None:
 def ssh_config(c: Context) -> None:
     """Print an OpenSSH Host block for the running VM (use with ssh/scp/rsync -F FILE NAME)."""
     with task_errors():
-        print(guestcopy.ssh_config(settings.from_context(c)), end="")
+        emit(guestcopy.ssh_config(settings.from_context(c)), end="")
 
 
 @task(
@@ -109,11 +128,13 @@ def ssh_config(c: Context) -> None:
 def cp(c: Context, src: str, dst: str) -> None:
     """Copy one file between host and guest over SFTP: `vm.cp a.txt guest:/tmp/`."""
     with task_errors():
+        if not (src and dst):
+            raise UsageError("give SRC and DST: vm.cp a.txt guest:/tmp/ (or guest:PATH .)")
         s = settings.from_context(c)
         plan = guestcopy.plan_copy(src, dst)
         vm = lifecycle.require_running(s)
         try:
-            print(guestcopy.copy(vm.conn, plan))
+            emit(guestcopy.copy(vm.conn, plan))
         finally:
             vm.close()
 
@@ -123,14 +144,14 @@ def list_(c: Context, json_: bool = False) -> None:
     """List this project's VMs (the folders of .qemu-vm/) with state and SSH port."""
     with task_errors():
         vms = lifecycle.list_vms(settings.from_context(c).project_dir)
-    print(json.dumps(vms, indent=2) if json_ else lifecycle.format_list(vms))
+    emit(json.dumps(vms, indent=2) if json_ else lifecycle.format_list(vms))
 
 
 @task(help={"name": "The VM to destroy (default: QEMU_VM_NAME or the config's)."})
 def destroy(c: Context, name: str | None = None) -> None:
     """Stop the VM if it runs, then delete its state dir (disk, keys, logs)."""
     with task_errors():
-        print(lifecycle.destroy(settings.from_context(c, name=name)))
+        emit(lifecycle.destroy(settings.from_context(c, name=name)))
 
 
 vm = Collection("vm", up, down, status, cleanup, ssh, ssh_config, cp, list_, destroy)

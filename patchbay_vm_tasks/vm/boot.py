@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import VmUnavailable
 from ..settings import Accel, FsMode, VmSettings
-from ..ui import say, spinner, warn
+from ..ui import count, say, spinner, warn
 from . import (
     accel,
     firmware,
@@ -134,7 +134,8 @@ def boot(settings: VmSettings, state: StateDir, refresh: bool = False) -> Vm:
     how = ", from its image's template" if vm.record.from_template else ""
     say(
         f"VM {settings.name} is up after {time.monotonic() - started:.1f} s "
-        f"(accel {vm.record.accel}, {fs_mode}, ssh port {port}, {vm.record.cpus} CPUs{how})"
+        f"(accel {vm.record.accel}, {fs_mode}, ssh port {port}, "
+        f"{count(vm.record.cpus, 'CPU')}{how})"
     )
     return vm
 

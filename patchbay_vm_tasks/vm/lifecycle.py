@@ -3,14 +3,18 @@ booting, resuming, the VM's record, ports and copies live in their own modules."
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import __version__
 from ..errors import UsageError, VmUnavailable
-from ..settings import FsMode, VmSettings
-from ..ui import say, spinner
+from ..settings import Accel, FsMode, VmSettings
+from ..ui import count, say, spinner
 from . import boot, guest, openssh, process, qmp, resume, savedstate, shares
+from .qemu import guest_cpus
 from .record import VmRecord, mounts_of
 from .running import Vm, remove_transient, running_pid
 from .state import StateDir, locked, state_of
@@ -195,8 +199,10 @@ def status(settings: VmSettings) -> dict[str, Any]:
     mounts = record.mounts or mounts_of(settings)
     return {
         "name": settings.name,
+        "version": __version__,
         "running": bool(pid),
         "pid": pid,
+        "arch": (record.arch or "amd64") if pid else None,
         "ssh_port": record.ssh_port,
         "ssh_user": settings.ssh_user if record.ssh_user is None else record.ssh_user,
         "accel": None if record.accel is None else str(record.accel),
@@ -220,19 +226,31 @@ def format_status(info: dict[str, Any]) -> str:
     if info["running"]:
         lines += [
             f"ssh:       {info['ssh_user']}@127.0.0.1 port {info['ssh_port']}",
+            f"arch:      {info['arch']}",
             f"accel:     {info['accel']}",
             f"fs mode:   {info['fs_mode']}",
         ]
     elif asked := info.get("settings"):
         port = f"{asked['ssh_port']}" + ("" if asked["ssh_port_explicit"] else " (default)")
         lines += [
-            f"would use: {asked['cpus']} CPUs, {asked['mem_mb']} MB, {asked['arch']}, "
+            f"would use: {_cpus_text(asked)}, {asked['mem_mb']} MB, {asked['arch']}, "
             f"ssh port {port}",
             f"image:     {asked['image_url']}",
         ]
+    lines.append(f"version:   patchbay-vm-tasks {info['version']}")
     lines.append("mounts:")
     lines += [f"  {m['guest']:<8} <- {m['host']} ({m['access']})" for m in info["mounts"]]
     return "\n".join(lines)
+
+
+def _cpus_text(asked: dict[str, Any]) -> str:
+    """The CPUs a boot would give: the asked-for count, and what software emulation caps
+    a default count to on this host (qemu.guest_cpus; the accelerator is chosen at boot)."""
+    text = count(asked["cpus"], "CPU")
+    capped = guest_cpus(asked["cpus"], Accel.TCG, asked["cpus_explicit"])
+    if capped != asked["cpus"]:
+        text += f" ({capped} under software emulation on this {os.cpu_count()}-core host)"
+    return text
 
 
 def running_record(settings: VmSettings) -> VmRecord:
@@ -293,7 +311,12 @@ def destroy(settings: VmSettings) -> str:
         files = [p for p in state.root.rglob("*") if p.is_file() and p != state.lockfile]
         size = sum(p.stat().st_size for p in files)
         shutil.rmtree(state.root)
+    with contextlib.suppress(OSError):
+        state.root.parent.rmdir()  # .qemu-vm/, when that was the last VM of the project
+    if not files and not stopped:
+        return f"VM {settings.name} was never booted here; removed its empty {state.root}"
     did = f"stopped it ({stopped}), " if stopped else ""
     return (
-        f"VM {settings.name}: {did}removed {state.root} ({len(files)} files, {size / 1e6:.1f} MB)"
+        f"VM {settings.name}: {did}removed {state.root} "
+        f"({count(len(files), 'file')}, {size / 1e6:.1f} MB)"
     )
