@@ -1,6 +1,6 @@
 """The builtin runner's command line, as the Rust runner's (RUNNER-FACTS section 7).
 
-    run [--work-dir DIR] [--binary NAME:MODE:VALUE]... [-v] [--timeout DUR] SIM_OR_DIR...
+    run [--work-dir DIR] [--binary NAME:MODE:VALUE]... [-v] [--timeout DUR] [--jobs N] SIM_OR_DIR...
     inspect SIM           build the lab, print exports, keep it up until interrupted
     run-in NODE -- CMD    run CMD in a node of the running inspect lab
 
@@ -30,7 +30,7 @@ from ..simcore.durations import parse_duration
 from ..simcore.limits import NAME_RE, shorten
 from ..simcore.steps import parse_binary_override, resolve_binaries
 from ..simcore.tomlfiles import is_file
-from . import execute, output
+from . import execute, output, parallel
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -163,6 +163,15 @@ def load(path: Path, binary_names: tuple[str, ...] = ()) -> model.Sim:
 
 # --- run ----------------------------------------------------------------------------------------
 
+MAX_JOBS = 64
+
+
+def jobs_count(value: str) -> int:
+    """`--jobs N`: 1 to MAX_JOBS, plain ASCII digits."""
+    if not re.fullmatch(r"[0-9]{1,4}", value) or not 1 <= int(value) <= MAX_JOBS:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_JOBS}, got {value!r}")
+    return int(value)
+
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
@@ -181,11 +190,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     with interruptions(cancel, args.watch_stdin) as reasons:
         run = output.RunFolder.create(Path(args.work_dir), [s.name for s in sims])
+        schedule = parallel.Schedule([s.name for s in sims], args.jobs)
+        run.concurrency = schedule.manifest
         console.say(f"run folder {run.root}")
-        failed: list[str] = []
-        for i, sim in enumerate(sims):
-            if cancel.is_set():
-                break
+        if args.jobs > 1:
+            console.say(f"running up to {min(args.jobs, len(sims))} sims at once (--jobs)")
+        failed: dict[int, str] = {}
+
+        def run_one(i: int) -> None:
+            sim = sims[i]
             binaries, missing = resolve_binaries(sim.binaries, overrides)
             opts = execute.Options(
                 binaries=binaries,
@@ -194,11 +207,16 @@ def cmd_run(args: argparse.Namespace) -> int:
                 verbose=args.verbose,
                 cancel=cancel,
                 say=console.say,
+                sim_json_extra=lambda: {"concurrency": schedule.sim_json(i)},
             )
             sim_dir = output.create_unique_dir(run.root, output.sanitize(sim.name))
+            schedule.start(i)
             run.sim_started(i)
             console.say(f"[{sim.name}] start {sim.path}")
-            res = execute.run_sim(sim, sim_dir, opts)
+            try:
+                res = execute.run_sim(sim, sim_dir, opts)
+            finally:
+                schedule.end(i)
             message = res.failure.message if res.failure else None
             run.sim_ended(i, sim_dir, res.ok, res.runtime_ms, message, res.records)
             console.say(
@@ -206,7 +224,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                 + (f": {message}" if message else "")
             )
             if not res.ok:
-                failed.append(f"- {sim.name} ({sim_dir.name}): {message}")
+                failed[i] = f"- {sim.name} ({sim_dir.name}): {message}"
+
+        parallel.run_pool(len(sims), args.jobs, run_one, cancel)
         interrupted = cancel.is_set()
         run.finish(interrupted=interrupted)
     manifest = run.root / "manifest.json"
@@ -215,7 +235,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         err(f"interrupted ({why}): processes and namespaces cleaned up; see {manifest}")
         return EXIT_INTERRUPTED
     if failed:
-        err("one or more simulations failed:\n" + "\n".join(failed) + f"\nsee {manifest}")
+        lines = [failed[i] for i in sorted(failed)]
+        err("one or more simulations failed:\n" + "\n".join(lines) + f"\nsee {manifest}")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -377,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--binary", action="append", default=[], metavar="NAME:MODE:VALUE")
     r.add_argument("-v", "--verbose", action="store_true", help="stream node output")
     r.add_argument("--timeout", metavar="DUR", help="per sim (default 10m)")
+    r.add_argument(
+        "--jobs",
+        type=jobs_count,
+        default=1,
+        metavar="N",
+        help="run up to N sims at once, each in its own lab (default 1); sim.json and the "
+        "manifest say which ran side by side",
+    )
     r.add_argument(
         "--watch-stdin",
         action="store_true",

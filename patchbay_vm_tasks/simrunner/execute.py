@@ -60,6 +60,8 @@ class Options:
     cancel: threading.Event = field(default_factory=threading.Event)
     say: Say = print
     lab_factory: Callable[..., Any] | None = None  # Lab(topology, prefix, emit); tests fake it
+    # More sim.json fields, asked for as the sim ends (`run --jobs`: which sims ran beside it).
+    sim_json_extra: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -567,5 +569,7 @@ def run_sim(sim: model.Sim, sim_dir: Path, opts: Options) -> SimResult:
         "logs": output.list_logs(sim_dir),
         "error": failure.as_dict() if failure else None,
     }
+    if opts.sim_json_extra is not None:
+        summary.update(opts.sim_json_extra())
     output.write_json(sim_dir / "sim.json", summary)
     return SimResult(sim_dir, ok, failure, run.records if ok else [], runtime_ms)

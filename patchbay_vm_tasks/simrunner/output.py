@@ -15,7 +15,7 @@ import platform
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +45,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -155,7 +155,16 @@ class RunFolder:
     status: str = "running"
     interrupted: bool = False
     ended: float | None = None
-    results: list[dict[str, Any]] = field(default_factory=list)  # combined-results runs
+    # combined-results runs by sim index: in run order, however the sims' ends interleave
+    results_by_index: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # manifest.json `concurrency` (`run --jobs`): set by the caller
+    concurrency: Callable[[], dict[str, Any]] | None = None
+    # sims end in several threads with --jobs: one writer of the run's files at a time
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        return [self.results_by_index[i] for i in sorted(self.results_by_index)]
 
     @property
     def name(self) -> str:
@@ -190,6 +199,8 @@ class RunFolder:
             "current_sim": (running or pending or [None])[0] if self.status == "running" else None,
             "simulations": [s.as_dict() for s in self.sims],
         }
+        if len(running) > 1:
+            data["running"] = running  # `run --jobs`: current_sim is the first of these
         if self.interrupted:
             data["interrupted"] = True
         write_json(self.root / "progress.json", data)
@@ -209,6 +220,8 @@ class RunFolder:
             "environment": environment(),
             "simulations": [s.as_dict() for s in self.sims],
         }
+        if self.concurrency is not None:
+            data["concurrency"] = self.concurrency()
         if self.interrupted:
             data["interrupted"] = True
         write_json(self.root / "manifest.json", data)
@@ -218,8 +231,9 @@ class RunFolder:
         write_text(self.root / "combined-results.md", steps.combined_markdown(self.results))
 
     def sim_started(self, index: int) -> None:
-        self.sims[index].status = "running"
-        self.write_progress()
+        with self.lock:
+            self.sims[index].status = "running"
+            self.write_progress()
 
     def sim_ended(
         self,
@@ -230,27 +244,32 @@ class RunFolder:
         error: str | None,
         records: list[dict[str, Any]],
     ) -> None:
-        entry = self.sims[index]
-        entry.status = "ok" if ok else "error"
-        entry.sim_dir = sim_dir.name
-        entry.runtime_ms = runtime_ms
-        entry.sim_json = f"{sim_dir.name}/sim.json"
-        entry.error = error
-        if ok and records:
-            self.results.append(
-                {"run": self.name, "sim_dir": sim_dir.name, "sim": entry.sim, "steps": records}
-            )
-        self.write_progress()
-        self.write_combined()
-        self.write_manifest()
+        with self.lock:
+            entry = self.sims[index]
+            entry.status = "ok" if ok else "error"
+            entry.sim_dir = sim_dir.name
+            entry.runtime_ms = runtime_ms
+            entry.sim_json = f"{sim_dir.name}/sim.json"
+            entry.error = error
+            if ok and records:
+                self.results_by_index[index] = {
+                    "run": self.name,
+                    "sim_dir": sim_dir.name,
+                    "sim": entry.sim,
+                    "steps": records,
+                }
+            self.write_progress()
+            self.write_combined()
+            self.write_manifest()
 
     def finish(self, interrupted: bool = False) -> None:
-        self.interrupted = interrupted
-        self.status = "done"
-        self.ended = time.time()
-        self.write_progress()
-        self.write_combined()
-        self.write_manifest()
+        with self.lock:
+            self.interrupted = interrupted
+            self.status = "done"
+            self.ended = time.time()
+            self.write_progress()
+            self.write_combined()
+            self.write_manifest()
 
 
 def write_results(sim_dir: Path, sim: str, records: list[dict[str, Any]]) -> None:
