@@ -77,8 +77,9 @@ commands:
   check SIM...             read sims on the host and print their expanded plans
   inspect SIM              build a sim's lab in the guest and keep it up (Ctrl-C ends it)
   run-in NODE -- CMD...    run a command in a node of the inspected lab
-  serve [OUTDIR] [--bind HOST:PORT] [--open]
-                           a results viewer over the work dir
+  serve [OUTDIR] [--testdir] [--bind HOST:PORT] [--open]
+                           a results viewer over the work dir (--testdir: the labs that
+                           Rust tests wrote, <work dir>/binaries/tests/testdir-current)
   report -o FILE.html      one self-contained HTML report of the latest run
   test [FILTER] [flags] [-- ARGS]
                            build Rust tests and run them in the guest

@@ -24,14 +24,20 @@ if TYPE_CHECKING:
 
 
 def start_viewer(
-    work_dir: Path, bind: str, open_browser: bool, *, serving_only: bool = False
+    work_dir: Path,
+    bind: str,
+    open_browser: bool,
+    *,
+    serving_only: bool = False,
+    testdir: bool = False,
 ) -> ViewerServer:
     """A running viewer in a background thread (also for `sim.run --open`, where it shows
-    the run as it goes; serving_only: `sim.serve`, where serving is all there is)."""
+    the run as it goes; serving_only: `sim.serve`, where serving is all there is;
+    testdir: the labs of Rust tests, viewer/testdir.py)."""
     from ..viewer import server as server_mod
 
     try:
-        srv = server_mod.serve_in_thread(work_dir, bind)
+        srv = server_mod.serve_in_thread(work_dir, bind, testdir=testdir)
     except ValueError as e:
         raise UsageError(str(e)) from None
     except OSError as e:
@@ -89,16 +95,27 @@ def check_work_dir(work_dir: Path, given: str | None) -> str | None:
         "bind": "HOST:PORT to listen on (default 127.0.0.1:7421: only this host; "
         "0.0.0.0:PORT: the network too).",
         "open": "Open the page in the default browser.",
+        "testdir": "Show the labs that Rust tests wrote (test.run; patchbay's testdir!()) in "
+        "<work dir>/binaries/tests/testdir-current instead of sim runs, the newest as "
+        "each test.run makes it.",
     },
 )
 def serve(
-    c: Context, work_dir: str | None = None, bind: str = DEFAULT_BIND, open: bool = False
+    c: Context,
+    work_dir: str | None = None,
+    bind: str = DEFAULT_BIND,
+    open: bool = False,
+    testdir: bool = False,
 ) -> None:
     """Serve the results viewer over the work dir until Ctrl-C."""
     with task_errors():
         s = settings.from_context(c, work_dir=work_dir)
         note = check_work_dir(s.work_dir, work_dir)
-        srv = start_viewer(s.work_dir, bind, open, serving_only=True)
+        if testdir:
+            from ..viewer import testdir as testdir_mod
+
+            note = testdir_mod.describe(s.work_dir)
+        srv = start_viewer(s.work_dir, bind, open, serving_only=True, testdir=testdir)
         serve_until_interrupted(srv, say_still=False, note=note or "")
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .. import files, packagedata
-from . import logs, runs
+from . import logs, runs, testdir
 
 POLL_S = 0.5
 # The most one `?after=` read of a log returns (the page reads on from where it ended).
@@ -92,8 +92,24 @@ def query_number(query: dict[str, list[str]], name: str) -> int | None:
 
 
 class Api:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, testdir: bool = False) -> None:
         self.base = base.resolve()
+        # `sim.serve --testdir`: the labs of Rust tests (viewer/testdir.py), not sim runs.
+        self.testdir = testdir
+
+    def list_runs(self) -> list[runs.RunInfo]:
+        """The runs shown: the work dir's sim runs, or with testdir the labs of the current
+        generation of test output (looked up anew: a new `test.run` makes a new one)."""
+        if not self.testdir:
+            return runs.discover_runs(self.base)
+        prefix = testdir.parts(self.base)
+        if prefix is None:
+            return []
+        return runs.discover_runs(self.base, prefix, testdir.MAX_DEPTH, testdir.MAX_FOLDERS)
+
+    def find_run(self, name: str) -> runs.RunInfo | None:
+        """The listed run of exactly that name."""
+        return next((r for r in self.list_runs() if r.name == name), None)
 
     def handle(self, target: str) -> Response:
         parts = urlsplit(target)
@@ -112,7 +128,7 @@ class Api:
         except ValueError as e:
             return _bad_request(str(e))
         if raw == ["api", "runs"]:
-            return _json([r.api() for r in runs.discover_runs(self.base)])
+            return _json([r.api() for r in self.list_runs()])
         if raw == ["api", "runs", "subscribe"]:
             return Response(200, "text/event-stream", stream=self._runs_stream)
         if len(raw) >= 4 and raw[1] == "runs":
@@ -128,7 +144,7 @@ class Api:
     def _run_route(
         self, name: str, what: str, rest: list[str], after: int | None, limit: int | None
     ) -> Response:
-        run = runs.find_run(self.base, name)
+        run = self.find_run(name)
         if run is None:
             return _not_found("no such run")
         if what == "state" and not rest:
@@ -139,7 +155,7 @@ class Api:
             return Response(
                 200,
                 "text/event-stream",
-                stream=lambda stop: events_stream(self.base, rel, after or 0, stop),
+                stream=lambda stop: events_stream(self.base, rel, after, stop),
             )
         if what == "logs" and not rest:
             return _json(logs.list_logs(self.base, run.parts))
@@ -184,7 +200,9 @@ class Api:
 
     def _runs_signature(self) -> tuple:
         """What the run list shows: runs with label and status, and each invocation's progress."""
-        listed = tuple((r.name, r.label, r.status) for r in runs.discover_runs(self.base))
+        listed = tuple((r.name, r.label, r.status) for r in self.list_runs())
+        if self.testdir:  # the same tests' names in a new generation are new labs
+            return listed, testdir.current(self.base)
         stamps = []
         for folder in _invocation_folders(self.base):
             for name in ("progress.json", "manifest.json"):
@@ -195,6 +213,8 @@ class Api:
     # -- invocations --------------------------------------------------------------------
 
     def _invocation_route(self, name: str, what: str) -> Response:
+        if self.testdir:  # test output has no invocations (no progress, no combined results)
+            return _json({"runs": []} if what == "combined-results" else {"error": "none"}, 404)
         folder = runs.invocation_dir(self.base, name)
         if folder is None:
             return _json(
@@ -257,10 +277,14 @@ def _log_window(fd: int, size: int, after: int, limit: int | None) -> Response:
     return Response(200, LOG_TYPE, body, headers=headers)
 
 
-def events_stream(base: Path, rel: list[str], after: int, stop: threading.Event) -> Iterator[bytes]:
+def events_stream(
+    base: Path, rel: list[str], after: int | None, stop: threading.Event
+) -> Iterator[bytes]:
     """events.jsonl as it grows: complete lines only, a partial last line waits for its
-    end. Read a window at a time; a line that is broken, too deep or longer than a window
-    is skipped (an SSE comment says so) and the stream goes on."""
+    end. Events whose opid is above `after`; without it, all of them (patchbay's library
+    numbers a lab's events from 0, its runner from 1). Read a window at a time; a line
+    that is broken, too deep or longer than a window is skipped (an SSE comment says so)
+    and the stream goes on."""
     pos = 0
     skipping = False  # inside a line longer than a window: dropped up to its end
     quiet_since = time.monotonic()
@@ -288,7 +312,7 @@ def events_stream(base: Path, rel: list[str], after: int, stop: threading.Event)
                     if line.strip():
                         yield sse_comment("skipped an events line that is not a JSON event")
                         sent = True
-                elif event["opid"] > after:
+                elif after is None or event["opid"] > after:
                     yield sse_data(json.dumps(event))
                     sent = True
         if sent:

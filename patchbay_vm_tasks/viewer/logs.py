@@ -170,18 +170,20 @@ def parse_event(line: bytes) -> dict | None:
     return None
 
 
-def parse_events(lines: list[bytes], after: int) -> list[dict]:
-    """Events with an integer opid above `after`; broken lines are skipped."""
+def parse_events(lines: list[bytes], after: int | None) -> list[dict]:
+    """Events with an integer opid above `after` (None: all); broken lines are skipped."""
     events = []
     for line in lines:
         event = parse_event(line)
-        if event is not None and event["opid"] > after:
+        if event is not None and (after is None or event["opid"] > after):
             events.append(event)
     return events
 
 
-def read_events(base: Path, rel: Sequence[str], after: int = 0) -> tuple[list[dict], int, bool]:
-    """The complete events of an events.jsonl above `after` among its first
+def read_events(
+    base: Path, rel: Sequence[str], after: int | None = None
+) -> tuple[list[dict], int, bool]:
+    """The complete events of an events.jsonl above `after` (None: all) among its first
     MAX_EVENTS_BYTES, the byte offset read up to, and whether the file was longer."""
     try:
         data, size = files.read_window(base, rel, 0, MAX_EVENTS_BYTES)

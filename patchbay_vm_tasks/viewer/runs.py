@@ -62,22 +62,46 @@ def _metadata(base: Path, parts: Sequence[str]) -> tuple[str | None, str | None]
     return (label if isinstance(label, str) else None, status if isinstance(status, str) else None)
 
 
-def discover_runs(base: Path) -> list[RunInfo]:
-    """Every run under base, newest first (names start with the invocation's timestamp)."""
-    if files.is_regular(base, [EVENTS]):  # the work dir is itself one run
-        label, status = _metadata(base, [])
-        return [RunInfo(base.name or ".", base, label, status, None, ())]
+def discover_runs(
+    base: Path,
+    prefix: tuple[str, ...] = (),
+    max_depth: int = MAX_DEPTH,
+    max_folders: int | None = None,
+) -> list[RunInfo]:
+    """Every run under base, newest first (names start with the invocation's timestamp).
+
+    prefix: the runs are those below base/prefix (`sim.serve --testdir`: a generation of
+    test output), named relative to it; their files are still read from base, so no link
+    on the way below base is followed. max_depth: how deep runs are looked for;
+    max_folders: at most this many folders are looked into."""
+    top = base.joinpath(*prefix)
+    if files.is_regular(base, [*prefix, EVENTS]):  # the folder is itself one run
+        label, status = _metadata(base, prefix)
+        return [RunInfo(top.name or ".", top, label, status, None, prefix)]
     runs: list[RunInfo] = []
-    _scan(base, (), 1, runs)
+    budget = [max_folders if max_folders is not None else -1]
+    _scan(base, prefix, (), 1, runs, max_depth, budget)
     runs.sort(key=lambda r: r.name, reverse=True)
     return runs
 
 
-def _scan(base: Path, parts: tuple[str, ...], depth: int, runs: list[RunInfo]) -> None:
-    if depth > MAX_DEPTH:
+def _scan(
+    base: Path,
+    prefix: tuple[str, ...],
+    parts: tuple[str, ...],
+    depth: int,
+    runs: list[RunInfo],
+    max_depth: int = MAX_DEPTH,
+    budget: list[int] | None = None,
+) -> None:
+    if depth > max_depth:
         return
+    if budget is not None and budget[0] >= 0:
+        if budget[0] == 0:
+            return
+        budget[0] -= 1
     try:
-        entries = list(os.scandir(base.joinpath(*parts)))
+        entries = sorted(os.scandir(base.joinpath(*prefix, *parts)), key=lambda e: e.name)
     except OSError:
         return
     for entry in entries:
@@ -90,21 +114,27 @@ def _scan(base: Path, parts: tuple[str, ...], depth: int, runs: list[RunInfo]) -
         if not files.safe_segment(entry.name):
             continue
         sub = (*parts, entry.name)
-        if files.is_regular(base, [*sub, EVENTS]):
+        if files.is_regular(base, [*prefix, *sub, EVENTS]):
             name = "/".join(sub)
-            label, status = _metadata(base, sub)
+            label, status = _metadata(base, (*prefix, *sub))
             runs.append(
                 RunInfo(
-                    name, base.joinpath(*sub), label, status, sub[0] if depth > 1 else None, sub
+                    name,
+                    base.joinpath(*prefix, *sub),
+                    label,
+                    status,
+                    sub[0] if depth > 1 else None,
+                    (*prefix, *sub),
                 )
             )
         else:
-            _scan(base, sub, depth + 1, runs)
+            _scan(base, prefix, sub, depth + 1, runs, max_depth, budget)
 
 
-def find_run(base: Path, name: str) -> RunInfo | None:
-    """The run of that exact name; nothing else (no `..`, no path the scan did not list)."""
-    for run in discover_runs(base):
+def find_run(base: Path, name: str, **scan: Any) -> RunInfo | None:
+    """The run of that exact name; nothing else (no `..`, no path the scan did not list).
+    scan: discover_runs' prefix, max_depth, max_folders."""
+    for run in discover_runs(base, **scan):
         if run.name == name:
             return run
     return None

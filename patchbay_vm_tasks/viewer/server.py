@@ -66,8 +66,9 @@ class ViewerServer(ThreadingHTTPServer):
         workers: int = MAX_WORKERS,
         streams: int = MAX_STREAMS,
         timeout: float = REQUEST_TIMEOUT_S,
+        testdir: bool = False,
     ) -> None:
-        self.api = Api(work_dir)
+        self.api = Api(work_dir, testdir=testdir)
         self.stopping = threading.Event()
         self.workers = threading.BoundedSemaphore(workers)
         self.streams = threading.BoundedSemaphore(min(streams, workers))
@@ -208,7 +209,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_server(work_dir: Path, bind: str = DEFAULT_BIND, **limits: Any) -> ViewerServer:
-    """The server on bind (HOST:PORT); limits: workers, streams, timeout (tests)."""
+    """The server on bind (HOST:PORT); limits: workers, streams, timeout (tests), and
+    testdir (`sim.serve --testdir`: the labs of Rust tests instead of sim runs)."""
     host, port = parse_bind(bind)
     return ViewerServer(work_dir, host, port, **limits)
 

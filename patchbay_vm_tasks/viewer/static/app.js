@@ -39,7 +39,8 @@ function liveSource() {
       return es
     },
     subscribeEvents(name, after, cb) {
-      const es = new EventSource(`${run(name)}/events?after=${after}`)
+      // No `after` yet: every event (a library-made lab numbers them from 0).
+      const es = new EventSource(`${run(name)}/events` + (after == null ? '' : `?after=${after}`))
       es.onmessage = (m) => { try { cb(JSON.parse(m.data)) } catch { /* a broken line */ } }
       return es
     },
@@ -63,7 +64,7 @@ function inlineSource(data) {
     progress: async (inv) => (data.progress || {})[inv] || null,
     logUrl: () => null,
     subscribeRuns() { return null },
-    subscribeEvents(name, after, cb) { for (const e of rd(name).events || []) if (e.opid > after) cb(e); return null },
+    subscribeEvents(name, after, cb) { for (const e of rd(name).events || []) if (after == null || e.opid > after) cb(e); return null },
   }
 }
 
@@ -151,6 +152,10 @@ function simOf(run) {
   return sims.find((x) => base(x.sim_dir) === base(run.name)) || sims.find((x) => x.sim === run.label) || null
 }
 
+// An invocation with a combined view: a sim run's (progress, combined results); the
+// groups of test labs (`sim.serve --testdir`) have none.
+const combinable = (g) => Boolean(g.inv && (app.progress[g.inv] || /^sim-/.test(g.inv)))
+
 function groups() {
   const by = new Map()
   for (const r of app.runs) {
@@ -196,7 +201,7 @@ function renderPicker() {
         prog.status === 'running' ? 'running' : prog.error ? 'error' : 'ok') : null)
     const entries = []
     const nSims = Math.max(g.runs.length, (prog && prog.total) || 0)
-    if (g.inv && nSims > 1) {
+    if (combinable(g) && nSims > 1) {
       entries.push(h('a', { class: 'entry combined' + (cur.inv === g.inv ? ' active' : ''), href: hrefInv(g.inv), 'data-inv': g.inv }, `combined (${nSims} sims)`))
     }
     for (const r of g.runs) {
@@ -231,7 +236,7 @@ async function renderView() {
     // Nothing chosen: the newest invocation's combined view, or its only run.
     const g = groups()[0]
     if (!g) { main.replaceChildren(h('div', { class: 'empty' }, 'no runs yet: they appear here as they start')); return }
-    history.replaceState(null, '', g.inv && g.runs.length !== 1 ? hrefInv(g.inv) : hrefRun(g.runs[0].name))
+    history.replaceState(null, '', combinable(g) && g.runs.length !== 1 ? hrefInv(g.inv) : hrefRun(g.runs[0].name))
     renderPicker()
     return renderView()
   }
@@ -284,7 +289,7 @@ async function renderRun(main, cur) {
     h('div', { class: 'tabs', role: 'tablist' }, tabs.map((t) => h('a', { class: 'tab' + (t === cur.tab ? ' active' : ''), href: hrefRun(cur.run, t), 'data-tab': t }, t))),
     body)
   if (!app.runEs && (src.live || !app.events.length)) {
-    const after = app.events.length ? app.events[app.events.length - 1].opid : 0
+    const after = app.events.length ? app.events[app.events.length - 1].opid : null
     app.runEs = src.subscribeEvents(cur.run, after, onEvent)
   }
   if (cur.tab === 'topology') renderTopology(body, state)
@@ -427,11 +432,13 @@ function renderLogs(body, run, logs, chosen) {
   const list = h('div', { class: 'log-list' }, [...byNode.entries()].map(([node, ls]) =>
     h('div', { class: 'log-node' }, h('div', { class: 'node-name' }, node === '_run' ? 'run files' : node),
       ls.map((l) => h('a', { class: 'log-file' + (l.path === pick ? ' active' : ''), href: hrefRun(run, 'logs', l.path), 'data-path': l.path, title: l.kind }, l.path.replace(`device.${node}.`, '').replace(`router.${node}.`, ''))))))
-  const view = h('pre', { class: 'log-view', id: 'log-view' }, pick ? '' : logs.length ? 'pick a log' : 'no logs yet')
+  const tracing = pick && logs.some((l) => l.path === pick && l.kind === 'tracing_jsonl')
+  const view = h(tracing ? 'div' : 'pre', { class: 'log-view' + (tracing ? ' trace-view' : ''), id: 'log-view' }, pick ? '' : logs.length ? 'pick a log' : 'no logs yet')
   const url = pick && src.logUrl(run, pick)
   const headline = pick ? h('div', { class: 'log-title' }, h('strong', {}, pick), url ? h('a', { href: url, target: '_blank', class: 'raw' }, 'raw') : null, src.live ? h('span', { class: 'muted tailing' }, ' live tail') : null) : null
   body.replaceChildren(h('div', { class: 'logs-wrap' }, list, h('div', { class: 'log-pane' }, headline, view)))
-  if (pick) tailLog(run, pick, view)
+  if (tracing) tailTracing(run, pick, view)
+  else if (pick) tailLog(run, pick, view)
 }
 
 // A log's first view shows its last TAIL_START bytes (the raw link has all of it); then
@@ -439,16 +446,26 @@ function renderLogs(body, run, logs, chosen) {
 const TAIL_START = 256 * 1024
 
 function tailLog(run, path, view) {
-  let offset = null
   const dec = new TextDecoder()
+  followLog(run, path, view, (bytes, whole) => {
+    const atEnd = view.scrollTop + view.clientHeight >= view.scrollHeight - 4
+    view.append(dec.decode(bytes, { stream: !whole }))
+    if (atEnd && !whole) view.scrollTop = view.scrollHeight
+  }, (skipped) => view.append(`[... ${skipped} earlier bytes not shown: open "raw" for the whole log ...]\n`))
+}
+
+// Reads a log for `view`: onBytes(bytes, whole) with all of it (a report) or its last
+// TAIL_START bytes and then what it grows by (live); onSkipped(n) when n bytes were left out.
+function followLog(run, path, view, onBytes, onSkipped) {
+  let offset = null
   const tick = async () => {
     if (offset === null) {
       const head = await src.logChunk(run, path, 0, src.live ? 0 : null)
       if (view.isConnected === false) return
-      if (head && !src.live) { view.append(dec.decode(head.bytes)); return }
+      if (head && !src.live) { onBytes(head.bytes, true); return }
       const size = head ? head.size : 0
       offset = size > TAIL_START ? size - TAIL_START : 0
-      if (offset) view.append(`[... ${offset} earlier bytes not shown: open "raw" for the whole log ...]\n`)
+      if (offset) onSkipped(offset)
     }
     const chunk = await src.logChunk(run, path, offset)
     if (view.isConnected === false) return
@@ -456,14 +473,83 @@ function tailLog(run, path, view) {
     if (chunk && chunk.bytes.length) {
       offset += chunk.bytes.length
       more = offset < chunk.size
-      const atEnd = view.scrollTop + view.clientHeight >= view.scrollHeight - 4
-      view.append(dec.decode(chunk.bytes, { stream: true }))
-      if (atEnd) view.scrollTop = view.scrollHeight
+      onBytes(chunk.bytes, false)
     }
     if (src.live) app.logTimer = setTimeout(tick, more ? 0 : 1000)
   }
   tick()
 }
+
+// ---------------------------------------------------------------- tracing logs
+
+// `*.tracing.jsonl` (tracing-subscriber's JSON, as patchbay's library writes a node's
+// log) as readable lines: time, level, spans, target, message, fields; a level filter
+// and a text search that also apply to lines still arriving.
+const LEVELS = ['TRACE', 'DEBUG', 'INFO', 'WARN', 'ERROR']
+const levelRank = (l) => LEVELS.indexOf(String(l || '').toUpperCase())
+const fieldText = (v) => (typeof v === 'string' ? JSON.stringify(v) : v != null && typeof v === 'object' ? JSON.stringify(v) : String(v))
+
+function tracingRow(line) {
+  let v = null
+  try { v = JSON.parse(line) } catch { /* not JSON: shown as it is */ }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) return h('div', { class: 'tr tr-raw', 'data-level': '' }, h('span', { class: 'tr-msg' }, line))
+  const level = String(v.level || '').toUpperCase()
+  const fields = v.fields && typeof v.fields === 'object' && !Array.isArray(v.fields) ? v.fields : {}
+  const ts = typeof v.timestamp === 'string' ? v.timestamp : ''
+  const time = (ts.match(/T(\d\d:\d\d:\d\d(?:\.\d+)?)/) || [])[1] || ts
+  const spans = (Array.isArray(v.spans) ? v.spans : []).filter((x) => x && typeof x === 'object')
+  const spanText = spans.map((x) => {
+    const kv = Object.entries(x).filter(([k]) => k !== 'name').map(([k, y]) => `${k}=${fieldText(y)}`)
+    return `${x.name ?? '?'}${kv.length ? `{${kv.join(' ')}}` : ''}`
+  }).join(':')
+  const lv = level.toLowerCase()
+  return h('div', { class: `tr lvl-${lv}`, 'data-level': level, title: ts },
+    h('span', { class: 'tr-time' }, time),
+    h('span', { class: `tr-level lvl-${lv}` }, level || '?'),
+    spanText ? h('span', { class: 'tr-spans' }, spanText + ':') : null,
+    h('span', { class: 'tr-target' }, `${v.target ?? ''}:`),
+    h('span', { class: 'tr-msg' }, fields.message == null ? '' : typeof fields.message === 'string' ? fields.message : fieldText(fields.message)),
+    Object.entries(fields).filter(([k]) => k !== 'message').map(([k, y]) => h('span', { class: 'tr-field' }, h('i', {}, k), '=', fieldText(y))))
+}
+
+function tailTracing(run, path, view) {
+  const filter = app.traceFilter || (app.traceFilter = { min: 0, q: '' })
+  const rows = h('div', { class: 'tr-rows' })
+  const count = h('span', { class: 'tr-count muted' })
+  let total = 0, shown = 0
+  const passes = (row) => (!row.dataset.level || levelRank(row.dataset.level) >= filter.min) &&
+    (!filter.q || row.textContent.toLowerCase().includes(filter.q))
+  const show = (row) => { row.hidden = !passes(row); if (!row.hidden) shown++ }
+  const recount = () => { count.textContent = `${shown} of ${total} lines` }
+  const refilter = () => { shown = 0; for (const row of rows.children) if (!row.classList.contains('tr-note')) show(row); recount() }
+  const level = h('select', { class: 'tr-level-filter', 'aria-label': 'lowest level shown', onchange: (e) => { filter.min = Number(e.target.value); refilter() } },
+    LEVELS.map((l, i) => h('option', { value: String(i), selected: i === filter.min ? 'selected' : null }, i ? `${l} and above` : 'all levels')))
+  const search = h('input', { type: 'search', class: 'tr-search', placeholder: 'search these lines', value: filter.q, 'aria-label': 'search', oninput: (e) => { filter.q = e.target.value.trim().toLowerCase(); refilter() } })
+  view.replaceChildren(h('div', { class: 'tr-tools' }, level, search, count), rows)
+  recount()
+  const dec = new TextDecoder()
+  let partial = '', midLine = false
+  followLog(run, path, view, (bytes, whole) => {
+    const lines = (partial + dec.decode(bytes, { stream: !whole })).split('\n')
+    partial = whole ? '' : lines.pop()
+    if (midLine) { lines.shift(); midLine = false } // the tail started inside a line
+    const atEnd = view.scrollTop + view.clientHeight >= view.scrollHeight - 4
+    for (const raw of lines) {
+      const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw
+      if (!line.trim()) continue
+      const row = tracingRow(line)
+      total++
+      show(row)
+      rows.append(row)
+    }
+    recount()
+    if (atEnd && !whole) view.scrollTop = view.scrollHeight
+  }, (skipped) => {
+    midLine = true
+    rows.append(h('div', { class: 'tr-note muted' }, `[... ${skipped} earlier bytes not shown: open "raw" for the whole log ...]`))
+  })
+}
+
 
 // ---------------------------------------------------------------- timeline
 
