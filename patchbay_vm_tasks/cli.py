@@ -9,6 +9,7 @@ patchbay-vm check SIM...           -> sim.check --file SIM... (host only, no VM)
 patchbay-vm inspect SIM            -> sim.inspect --file SIM
 patchbay-vm run-in NODE -- CMD...  -> sim.exec --node NODE -- CMD...
 patchbay-vm serve [OUTDIR] [flags] -> sim.serve [--work-dir OUTDIR] [flags]
+patchbay-vm merge DIR... -o DIR    -> sim.merge --from DIR... -o DIR
 patchbay-vm report [flags]         -> sim.report [flags]
 patchbay-vm test [FILTER] [flags] [-- ARGS]  -> test.run [FILTER] [flags] -- ARGS
 """
@@ -35,6 +36,7 @@ TASK_OF = {
     "ssh": "vm.ssh", "ssh-config": "vm.ssh-config", "cp": "vm.cp", "list": "vm.list",
     "destroy": "vm.destroy", "run": "sim.run", "check": "sim.check", "inspect": "sim.inspect",
     "run-in": "sim.exec", "serve": "sim.serve", "report": "sim.report", "test": "test.run",
+    "merge": "sim.merge",
 }  # fmt: skip
 COMMAND_OF = {task: command for command, task in TASK_OF.items()}
 
@@ -52,8 +54,10 @@ SIMPLE = {
 # Flags that take a value, per command: everything else without one is positional.
 RUN_VALUE_FLAGS = {
     "--work-dir", "--binary", "--patchbay-version", "--timeout", "--bind", "--junit",
+    "--jobs", "--shard",
 }  # fmt: skip
 SERVE_VALUE_FLAGS = {"--work-dir", "--bind"}
+MERGE_VALUE_FLAGS = {"-o", "--output", "--junit", "--report"}
 TEST_VALUE_FLAGS = {
     "--target", "--package", "-p", "--test", "--jobs", "-j", "--features", "-F", "--timeout",
     "--junit",
@@ -80,6 +84,8 @@ commands:
   serve [OUTDIR] [--testdir] [--bind HOST:PORT] [--open]
                            a results viewer over the work dir (--testdir: the labs that
                            Rust tests wrote, <work dir>/binaries/tests/testdir-current)
+  merge DIR... -o DIR [--junit FILE] [--report FILE]
+                           the runs of sim shards (run --shard K/N) as one run
   report -o FILE.html      one self-contained HTML report of the latest run
   test [FILTER] [flags] [-- ARGS]
                            build Rust tests and run them in the guest
@@ -161,6 +167,9 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
         return ["sim.serve", *[x for d in dirs for x in ("--work-dir", d)], *flags], None
     if command == "report":
         return ["sim.report", *rest], None
+    if command == "merge":
+        dirs, flags = split_positionals(rest, MERGE_VALUE_FLAGS)
+        return ["sim.merge", *[x for d in dirs for x in ("--from", d)], *flags], None
     if command == "test":
         positionals, flags = split_positionals(rest, TEST_VALUE_FLAGS)
         if len(positionals) > 1:

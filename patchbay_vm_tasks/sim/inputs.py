@@ -262,6 +262,7 @@ def guest_run_argv(
     timeout: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     builtin: bool = False,
+    jobs: int = 1,
 ) -> list[str]:
     """`run`: the sims (guest paths) with their binaries (SPEC 6.6).
 
@@ -269,6 +270,7 @@ def guest_run_argv(
     extra_env: what the host tells the runner (run id, accelerator, QEMU version).
     builtin: our runner, which also watches its stdin so that a host that goes away
     (Ctrl-C, a lost connection) stops it: over SSH without a pty no signal arrives.
+    jobs: sims at once (`--jobs N`, the builtin runner's; 1 passes nothing).
     """
     variables = {"NETSIM_IN_VM": "1", "NETSIM_TARGET_DIR": GUEST_TARGET}
     rust_log = env.get("RUST_LOG") or env.get("NETSIM_RUST_LOG")
@@ -284,6 +286,8 @@ def guest_run_argv(
         args.append("-v")
     if timeout:
         args += ["--timeout", timeout]
+    if jobs > 1:
+        args += ["--jobs", str(jobs)]
     if builtin:
         args.append("--watch-stdin")
     return runner_argv("run", [*args, *sims_guest], variables)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,9 +18,10 @@ from ..viewer import DEFAULT_BIND
 from ..vm import lifecycle, qemu
 from . import view
 from .common import check_output_path, emit, remainder, task, task_errors, write_junit_file
+from .merge import merge
 
 if TYPE_CHECKING:
-    from ..sim import runner
+    from ..sim import runner, shards
     from ..vm.record import VmRecord
 
 # The sim modules are imported inside the tasks: loading them costs every task (a warm
@@ -48,6 +50,11 @@ VERSION_HELP = (
         "bind": "HOST:PORT of the viewer with --open (default 127.0.0.1:7421).",
         "junit": "Also write a JUnit XML file: a testcase per sim, failures with their step.",
         "refresh": "Ask for a newer `latest` runner and base image now (else once a day).",
+        "jobs": "Run up to N sims at once in the guest, each in its own lab (default 1; "
+        "builtin runner). Sims that move data disturb each other: the manifest and each "
+        "sim.json say which ran side by side.",
+        "shard": "K/N: run only shard K of N of the given sims (a deterministic share, "
+        "balanced by the last run's durations), for N CI jobs; sim.merge puts them together.",
     },
 )
 def run(
@@ -63,10 +70,12 @@ def run(
     bind: str = DEFAULT_BIND,
     junit: str | None = None,
     refresh: bool = False,
+    shard: str | None = None,  # before jobs: -s is shard's, and -h stays help's
+    jobs: str | None = None,
 ) -> None:
     """Run sims in the VM with the patchbay runner; results land in the work dir."""
     from .. import files
-    from ..sim import binaries, guestrun, inputs, runner, staging, workdir
+    from ..sim import binaries, guestrun, inputs, runner, shards, staging, workdir
     from ..vm import sync
 
     with task_errors():
@@ -78,9 +87,19 @@ def run(
             None if timeout is None else durations.for_runner(durations.parse(timeout, "--timeout"))
         )
         check_output_path(junit, "--junit")
+        parallel = _jobs(jobs)
+        one_shard = shards.parse_shard(shard)
         # Everything that can be wrong with the input is found before anything boots.
         # The sims are read once, here; binaries, checks and staging take what was read.
         sims = inputs.read_sims(file, s.project_dir)
+        plan = None
+        if one_shard is not None:
+            plan = shards.plan(sims, one_shard, s.work_dir, s.project_dir)
+            say(plan.describe())
+            if not plan.mine:
+                _empty_shard(s.work_dir, plan, junit)
+                return
+            sims = shards.share_of(sims, plan.mine)
         target = runner.musl_target_for(s.arch)
         if binary:
             # Overrides land in the work dir, which the guest writes: a link it put at
@@ -90,11 +109,17 @@ def run(
             list(binary or []), sims, s.work_dir, target, s.target_dir, s.project_dir
         )
         chosen = _runner(s, patchbay_version, refresh)
+        if parallel > 1 and not chosen.is_builtin:
+            raise UsageError(
+                f"--jobs {parallel} needs the builtin runner (--patchbay-version builtin): "
+                f"the {chosen.label} runner runs its sims one after another"
+            )
         if chosen.is_builtin:
             # What the guest would refuse, refused now, before anything boots.
             inputs.refuse_broken(sims, [arg.split(":", 1)[0] for arg in binary_args])
         run_id = guestrun.new_run_id()
         viewer = view.start_viewer(s.work_dir, bind, True) if open else None
+        runs_seen = shards.run_folder_names(s.work_dir)
         vm = lifecycle.up(s, recreate=recreate, refresh=refresh)
         not_home = None
         try:
@@ -106,6 +131,7 @@ def run(
                 timeout=limit,
                 extra_env=_host_facts(s, vm.record, run_id),
                 builtin=chosen.is_builtin,
+                jobs=parallel,
             )
             # No shared folders (QEMU_VM_FS=none): copy in, and the results back out.
             runs_before = (
@@ -123,6 +149,9 @@ def run(
                     not_home = staging.bring_runs_home_after(vm.conn, s, runs_before)
         finally:
             vm.close()
+        if plan is not None:
+            for folder in shards.record_new_runs(s.work_dir, runs_seen, plan):
+                say(f"shard {plan.shard.text} recorded in {folder}/manifest.json")
         say(f"runner exited with {code} after {took:.1f} s; results in {s.work_dir}")
         emit(inputs.format_summary(inputs.summarize_results(s.work_dir)))
         if junit:
@@ -137,6 +166,29 @@ def run(
             view.serve_until_interrupted(viewer, interrupted=code == guestrun.EXIT_INTERRUPTED)
     if code:
         raise Exit(code=code)
+
+
+def _jobs(value: str | None) -> int:
+    """--jobs N: 1 to 64 sims at once; UsageError for anything else (0 included)."""
+    if value is None:
+        return 1
+    text = str(value).strip()
+    if not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= 64:
+        raise UsageError(f"--jobs: expected a number of sims at once from 1 to 64, got {value!r}")
+    return int(text)
+
+
+def _empty_shard(work_dir: Path, plan: shards.Plan, junit: str | None) -> None:
+    """A shard with no sims (more shards than sims): a run folder without sims, so that
+    sim.merge sees every shard; no VM."""
+    from ..sim import shards
+
+    folder = shards.write_empty_run(work_dir, plan)
+    say(f"no sims in shard {plan.shard.text}; wrote {folder} (a run of none) for sim.merge")
+    if junit:
+        from ..viewer.junit import write_sim_junit
+
+        say(f"JUnit report: {write_junit_file(write_sim_junit, work_dir, Path(junit))}")
 
 
 @task(
@@ -266,4 +318,4 @@ def check(c: Context, file: list[str] | None = None) -> None:
         say(f"{len(plans)} sim(s) read without error")
 
 
-sim = Collection("sim", run, check, inspect, exec, view.serve, view.report)
+sim = Collection("sim", run, check, inspect, exec, merge, view.serve, view.report)
