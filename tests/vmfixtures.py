@@ -263,7 +263,7 @@ def start_arm64_build() -> Arm64Build:
     cache.mkdir(parents=True, exist_ok=True)
     log = cache / f".arm64-{ARM64_SUITE}-build.log"
     code = (
-        "import sys, pathlib; from patchbay_vm_tasks import images; "
+        "import sys, pathlib; from patchbay_vm_tasks.vm import images; "
         "images.build_debian_image(sys.argv[1], 'arm64', sys.argv[2], pathlib.Path(sys.argv[3]))"
     )
     mirror = "http://deb.debian.org/debian"  # the settings' default

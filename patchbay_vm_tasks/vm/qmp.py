@@ -143,6 +143,11 @@ class _GuestAgent:
         except (OSError, ValueError) as e:
             raise GuestAgentError(f"{command}: {e}") from None
 
+    def settimeout(self, seconds: float) -> None:
+        """How long each later call may wait for its answer."""
+        if self.sock is not None:
+            self.sock.settimeout(seconds)
+
     def set_time(self) -> None:
         """The guest's clock to the host's, set by the agent itself: a command started
         for it (`date -s`) runs 0.1-2 s after its time was taken under TCG. The agent

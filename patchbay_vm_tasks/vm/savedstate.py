@@ -46,6 +46,9 @@ RESTORE_TIMEOUT = 120.0
 REFRESH_TIMEOUT = 60.0
 # Connecting to the guest agent of a guest that runs: its socket is QEMU's own.
 AGENT_CONNECT_TIMEOUT = 5.0
+# One agent command of a guest just resumed: its timers catch up at once, and under TCG
+# on a loaded host an answer took over 5 s (guest-set-time, seen in CI).
+AGENT_CALL_AFTER_RESTORE = 30.0
 # `sync; umount` of the shares: the guest's dirty pages go to the host first.
 UNMOUNT_TIMEOUT = 30.0
 # Fresh host randomness mixed into a resumed guest's pool: 512 bits, more than the 256
@@ -305,6 +308,7 @@ def refresh_guest(qga: Address, remount: str, timeout: float = REFRESH_TIMEOUT) 
                 raise RestoreFailed(f"the resumed guest does not answer: {e}") from None
             time.sleep(0.1)
     with agent:
+        agent.settimeout(max(AGENT_CALL_AFTER_RESTORE, deadline - time.monotonic()))
         try:
             # Mixed into the pool (not credited): a resumed guest must not repeat the
             # random numbers it would have drawn from the saved pool.
