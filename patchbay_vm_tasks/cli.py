@@ -11,6 +11,7 @@ patchbay-vm run-in NODE -- CMD...  -> sim.exec --node NODE -- CMD...
 patchbay-vm serve [OUTDIR] [flags] -> sim.serve [--work-dir OUTDIR] [flags]
 patchbay-vm merge DIR... -o DIR    -> sim.merge --from DIR... -o DIR
 patchbay-vm report [flags]         -> sim.report [flags]
+patchbay-vm compare [BASE] [HEAD] [flags]   -> sim.compare [--base BASE] [--head HEAD] [flags]
 patchbay-vm test [FILTER] [flags] [-- ARGS]  -> test.run [FILTER] [flags] -- ARGS
 """
 
@@ -36,7 +37,7 @@ TASK_OF = {
     "ssh": "vm.ssh", "ssh-config": "vm.ssh-config", "cp": "vm.cp", "list": "vm.list",
     "destroy": "vm.destroy", "run": "sim.run", "check": "sim.check", "inspect": "sim.inspect",
     "run-in": "sim.exec", "serve": "sim.serve", "report": "sim.report", "test": "test.run",
-    "merge": "sim.merge",
+    "compare": "sim.compare", "merge": "sim.merge",
 }  # fmt: skip
 COMMAND_OF = {task: command for command, task in TASK_OF.items()}
 
@@ -54,13 +55,14 @@ SIMPLE = {
 # Flags that take a value, per command: everything else without one is positional.
 RUN_VALUE_FLAGS = {
     "--work-dir", "--binary", "--patchbay-version", "--timeout", "--bind", "--junit",
-    "--jobs", "--shard",
+    "--repeat", "--jobs", "--shard",
 }  # fmt: skip
 SERVE_VALUE_FLAGS = {"--work-dir", "--bind"}
 MERGE_VALUE_FLAGS = {"-o", "--output", "--junit", "--report"}
+COMPARE_VALUE_FLAGS = {"--work-dir", "--threshold", "--base", "--head"}
 TEST_VALUE_FLAGS = {
     "--target", "--package", "-p", "--test", "--jobs", "-j", "--features", "-F", "--timeout",
-    "--junit",
+    "--junit", "--repeat",
 }  # fmt: skip
 
 USAGE = """usage: patchbay-vm <command> [args]   (patchbay-vm COMMAND --help: one command)
@@ -87,6 +89,9 @@ commands:
   merge DIR... -o DIR [--junit FILE] [--report FILE]
                            the runs of sim shards (run --shard K/N) as one run
   report -o FILE.html      one self-contained HTML report of the latest run
+  compare [BASE] [HEAD] [--threshold METRIC=-N%]... [--json]
+                           compare two runs per sim and step (default: latest against
+                           the newest earlier run of the same sims)
   test [FILTER] [flags] [-- ARGS]
                            build Rust tests and run them in the guest
 
@@ -170,6 +175,13 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
     if command == "merge":
         dirs, flags = split_positionals(rest, MERGE_VALUE_FLAGS)
         return ["sim.merge", *[x for d in dirs for x in ("--from", d)], *flags], None
+    if command == "compare":
+        dirs, flags = split_positionals(rest, COMPARE_VALUE_FLAGS)
+        if len(dirs) > 2:
+            raise SystemExit(f"patchbay-vm compare: BASE and HEAD at most, got {dirs}")
+        flags_of = ("--base", "--head")[: len(dirs)]
+        named = [x for flag, d in zip(flags_of, dirs, strict=True) for x in (flag, d)]
+        return ["sim.compare", *named, *flags], None
     if command == "test":
         positionals, flags = split_positionals(rest, TEST_VALUE_FLAGS)
         if len(positionals) > 1:

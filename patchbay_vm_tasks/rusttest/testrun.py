@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .staging import GUEST_TESTS_DIR
 
@@ -74,6 +76,8 @@ class BinaryResult:
     output: str = ""  # stdout then stderr, for JUnit
     seconds: float = 0.0
     timed_out: str | None = None  # the --timeout it was killed after
+    try_no: int = 0  # with --repeat: which try (1..tries); 0 without
+    tries: int = 0
 
     @property
     def passed(self) -> bool:
@@ -82,11 +86,12 @@ class BinaryResult:
 
 def format_result_line(r: BinaryResult) -> str:
     """`PASS name`, `FAIL name (exit N)` or `FAIL name (timed out after DUR)`."""
+    which = f" [try {r.try_no}/{r.tries}]" if r.tries else ""  # test.run --repeat
     if r.passed:
-        return f"PASS {r.name}"
+        return f"PASS {r.name}{which}"
     if r.timed_out:
-        return f"FAIL {r.name} (timed out after {r.timed_out})"
-    return f"FAIL {r.name} (exit {r.exit_code})"
+        return f"FAIL {r.name} (timed out after {r.timed_out}){which}"
+    return f"FAIL {r.name} (exit {r.exit_code}){which}"
 
 
 def format_summary(results: Sequence[BinaryResult]) -> str:
@@ -107,3 +112,105 @@ def overall_exit_code(results: Sequence[BinaryResult]) -> int:
     and 1 stays apart from 2 (bad input), 69 (no VM) and 101 (the build failed).
     """
     return 0 if all(r.passed for r in results) else 1
+
+
+# ── --repeat ───────────────────────────────────────────────────────────────────
+
+
+def _table(rows: list[list[str]], numeric_from: int) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = [
+        "  ".join(
+            c.ljust(widths[i]) if i < numeric_from else c.rjust(widths[i]) for i, c in enumerate(r)
+        ).rstrip()
+        for r in rows
+    ]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return out
+
+
+def _rate(passes: int, runs: int) -> str:
+    return f"{passes / runs * 100:.0f}%" if runs else "-"
+
+
+def repeat_stats(results: Sequence[BinaryResult]) -> dict:
+    """Per binary (in the order first run) and per test of each binary (from libtest's
+    output): runs, passes, failures (and ignored, for tests); a binary's seconds too."""
+    from ..viewer.junit import parse_libtest  # the one libtest reader (JUnit's)
+
+    binaries: dict[str, dict] = {}
+    for r in results:
+        b = binaries.setdefault(r.name, {"runs": 0, "passes": 0, "seconds": [], "tests": {}})
+        b["runs"] += 1
+        b["passes"] += r.passed
+        b["seconds"].append(r.seconds)
+        for case in parse_libtest(r.output):
+            t = b["tests"].setdefault(case.name, {"runs": 0, "passes": 0, "ignored": 0})
+            if case.outcome == "ignored":
+                t["ignored"] += 1
+                continue
+            t["runs"] += 1
+            t["passes"] += case.outcome == "ok"
+    return binaries
+
+
+def format_repeat_summary(results: Sequence[BinaryResult], tries: int) -> str:
+    """`test.run --repeat N`: per test binary its tries, passes, failures, pass rate and
+    seconds (min, median, max); then per test that libtest reported, the same counts."""
+    stats = repeat_stats(results)
+    lines = [f"{tries} tries"]
+    if not stats:
+        return "\n".join([*lines, "no test binary ran"])
+    rows = [["binary", "tries", "passed", "failed", "pass rate", "time s min", "median", "max"]]
+    for name, b in stats.items():
+        secs = b["seconds"]
+        rows.append(
+            [
+                name,
+                str(b["runs"]),
+                str(b["passes"]),
+                str(b["runs"] - b["passes"]),
+                _rate(b["passes"], b["runs"]),
+                *(f"{v:.2f}" for v in (min(secs), statistics.median(secs), max(secs))),
+            ]
+        )
+    lines += _table(rows, 1)
+    rows = [["binary", "test", "tries", "passed", "failed", "ignored", "pass rate"]]
+    for name, b in stats.items():
+        for test, t in b["tests"].items():
+            rows.append(
+                [
+                    name,
+                    test,
+                    str(t["runs"]),
+                    str(t["passes"]),
+                    str(t["runs"] - t["passes"]),
+                    str(t["ignored"]),
+                    _rate(t["passes"], t["runs"]),
+                ]
+            )
+    if len(rows) > 1:
+        lines += ["", *_table(rows, 2)]
+    return "\n".join(lines)
+
+
+REPEAT_LOGS = "test-repeats"
+_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def log_name(binary: str) -> str:
+    """A test binary's label as a file name: `testcrate::net (test)` -> `testcrate-net-test.log`."""
+    return (_FILE_CHARS.sub("-", binary).strip("-.") or "binary")[:120] + ".log"
+
+
+def write_try_logs(
+    work_dir: Path, stamp: str, try_no: int, results: Sequence[BinaryResult]
+) -> Path:
+    """Each binary's output of one try, as <work dir>/test-repeats/<stamp>/try-<k>/<binary>.log
+    (folders made real: the guest writes the work dir; files created anew). The folder."""
+    from .. import files
+
+    folder = files.real_dir(work_dir, [REPEAT_LOGS, stamp, f"try-{try_no}"])
+    for r in results:
+        files.write_atomic(folder / log_name(r.name), r.output.encode("utf-8", "replace"))
+    return folder

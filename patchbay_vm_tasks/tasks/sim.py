@@ -55,6 +55,9 @@ VERSION_HELP = (
         "sim.json say which ran side by side.",
         "shard": "K/N: run only shard K of N of the given sims (a deterministic share, "
         "balanced by the last run's durations), for N CI jobs; sim.merge puts them together.",
+        "repeat": "Run the sims N times (default 1), each try in a run folder of its own; "
+        "the summary gives each sim's pass rate and its metrics' min/median/max; exit 1 "
+        "when any try failed.",
     },
 )
 def run(
@@ -72,10 +75,12 @@ def run(
     refresh: bool = False,
     shard: str | None = None,  # before jobs: -s is shard's, and -h stays help's
     jobs: str | None = None,
+    repeat: str | None = None,
 ) -> None:
     """Run sims in the VM with the patchbay runner; results land in the work dir."""
     from .. import files
     from ..sim import binaries, guestrun, inputs, runner, shards, staging, workdir
+    from ..sim import repeat as repeat_mod
     from ..vm import sync
 
     with task_errors():
@@ -89,6 +94,7 @@ def run(
         check_output_path(junit, "--junit")
         parallel = _jobs(jobs)
         one_shard = shards.parse_shard(shard)
+        tries = repeat_mod.parse_repeat(repeat)
         # Everything that can be wrong with the input is found before anything boots.
         # The sims are read once, here; binaries, checks and staging take what was read.
         sims = inputs.read_sims(file, s.project_dir)
@@ -140,25 +146,41 @@ def run(
                 else None
             )
             say(f"running {len(sims)} sim(s) with the {chosen.label} runner")
-            started = time.monotonic()
-            try:
-                code = guestrun.run_interruptible(vm.conn, argv, run_id)
-            finally:
-                took = time.monotonic() - started
-                if runs_before is not None:
-                    not_home = staging.bring_runs_home_after(vm.conn, s, runs_before)
+            if tries > 1:
+                codes, folders, not_home = _run_tries(vm, s, argv, run_id, tries, runs_before)
+                code = repeat_mod.overall_code(codes)
+            else:
+                started = time.monotonic()
+                try:
+                    code = guestrun.run_interruptible(vm.conn, argv, run_id)
+                finally:
+                    took = time.monotonic() - started
+                    if runs_before is not None:
+                        not_home = staging.bring_runs_home_after(vm.conn, s, runs_before)
         finally:
             vm.close()
         if plan is not None:
             for folder in shards.record_new_runs(s.work_dir, runs_seen, plan):
                 say(f"shard {plan.shard.text} recorded in {folder}/manifest.json")
-        say(f"runner exited with {code} after {took:.1f} s; results in {s.work_dir}")
-        emit(inputs.format_summary(inputs.summarize_results(s.work_dir)))
-        if junit:
+        if tries > 1:
+            from ..sim import rundata
+
+            group = rundata.group_of_folders(s.work_dir, folders)
+            emit(repeat_mod.format_summary(group, missing=len(codes) - group.tries))
+        else:
+            say(f"runner exited with {code} after {took:.1f} s; results in {s.work_dir}")
+            emit(inputs.format_summary(inputs.summarize_results(s.work_dir)))
+        if junit and tries > 1:
+            from ..viewer.junit import write_sim_repeat_junit  # xml: loaded only when asked
+
+            written = write_junit_file(write_sim_repeat_junit, (s.work_dir, folders), Path(junit))
+            say(f"JUnit report: {written}")
+        elif junit:
             from ..viewer.junit import write_sim_junit  # xml: loaded only when asked
 
             say(f"JUnit report: {write_junit_file(write_sim_junit, s.work_dir, Path(junit))}")
-        for old in workdir.prune_runs(s.work_dir, s.keep_runs):
+        keep = max(s.keep_runs, tries) if s.keep_runs else 0  # never this run's own tries
+        for old in workdir.prune_runs(s.work_dir, keep):
             say(f"removed old run {old.name} (keeping {s.keep_runs}; vm.keep_runs)")
         if not_home is not None and not code:
             raise not_home  # said already; the run itself passed, its results did not come
@@ -189,6 +211,49 @@ def _empty_shard(work_dir: Path, plan: shards.Plan, junit: str | None) -> None:
         from ..viewer.junit import write_sim_junit
 
         say(f"JUnit report: {write_junit_file(write_sim_junit, work_dir, Path(junit))}")
+
+
+def _run_tries(vm, s, argv, run_id, tries, runs_before):  # type: ignore[no-untyped-def]
+    """`sim.run --repeat N`: the runner N times, one after another, each try in its own
+    run folder marked with repeat.json; stops early only when a try is interrupted or
+    the runner itself fails (an exit code other than 0 or 1). Returns the exit codes,
+    the run folders made (in order) and a failure to bring runs home, if any."""
+    from ..sim import guestrun, staging
+    from ..sim import repeat as repeat_mod
+
+    codes: list[int] = []
+    folders: list[str] = []
+    not_home = None
+    group = None
+    for k in range(1, tries + 1):
+        say(f"try {k}/{tries}")
+        before = repeat_mod.run_folder_names(s.work_dir)
+        started = time.monotonic()
+        try:
+            code = guestrun.run_interruptible(vm.conn, argv, run_id)
+        finally:
+            if runs_before is not None:
+                not_home = staging.bring_runs_home_after(vm.conn, s, runs_before) or not_home
+        if runs_before is not None and k < tries and code in (0, 1):
+            runs_before = staging.guest_runs(vm.conn)  # the next try's are the new ones
+        made = repeat_mod.new_run_folders(s.work_dir, before)
+        codes.append(code)
+        if made:
+            folder = made[-1]
+            group = group or folder
+            repeat_mod.mark_try(s.work_dir, folder, group, k, tries)
+            folders.append(folder)
+        took = time.monotonic() - started
+        verdict = "passed" if code == 0 else f"failed (runner exit {code})"
+        where = made[-1] if made else "no run folder"
+        say(f"try {k}/{tries} {verdict} after {took:.1f} s: {where}")
+        if code == guestrun.EXIT_INTERRUPTED:
+            say(f"interrupted in try {k}: no more tries")
+            break
+        if code not in (0, 1):
+            say(f"stopping after try {k}: the runner did not finish its sims")
+            break
+    return codes, folders, not_home
 
 
 @task(
@@ -318,4 +383,63 @@ def check(c: Context, file: list[str] | None = None) -> None:
         say(f"{len(plans)} sim(s) read without error")
 
 
-sim = Collection("sim", run, check, inspect, exec, merge, view.serve, view.report)
+@task(
+    auto_shortflags=False,  # -h is help's; --head and --base have none
+    iterable=["threshold"],
+    help={
+        "base": "The run to compare against: a run folder (anywhere: a CI artifact), a work "
+        "dir, or a sim-YYMMDD-HHMMSS of the work dir. Default: the newest earlier run of "
+        "the same sims.",
+        "head": "The run to compare: as --base; default latest.",
+        "work_dir": "The work dir whose runs the defaults come from (default .patchbay-work).",
+        "threshold": "METRIC=-N% or METRIC=+N% (the sign says which way is worse): exit 1 "
+        "when a change crosses it, e.g. throughput=-10%, latency=+20%, duration=+50%. "
+        "Metrics: throughput, down_throughput, up_throughput, latency, duration, runtime, "
+        "pass_rate, down_bytes, up_bytes. Repeatable.",
+        "json": "Print the comparison as JSON (for scripts).",
+    },
+)
+def compare(
+    c: Context,
+    base: str | None = None,
+    head: str | None = None,
+    work_dir: str | None = None,
+    threshold: list[str] | None = None,
+    json: bool = False,
+) -> None:
+    """Compare two runs per sim and step, and exit 1 when a change crosses a --threshold.
+
+    Status, duration, throughput, latency and every results value, side by side with the
+    change and its percent; a --repeat's tries by their medians. No VM."""
+    import json as json_mod
+
+    from ..sim import compare as compare_mod
+    from ..sim import rundata
+
+    with task_errors():
+        try:
+            thresholds = compare_mod.parse_thresholds(threshold or [])
+        except compare_mod.ThresholdError as e:
+            raise UsageError(str(e)) from None
+        s = settings.from_context(c, work_dir=work_dir)
+        head_group = rundata.resolve_group(head, s.work_dir, "--head")
+        if base is None:
+            base_group = rundata.earlier_group(s.work_dir, head_group)
+            if base_group is None:
+                raise UsageError(
+                    f"no earlier run of the same sims ({', '.join(sorted(head_group.sim_names))}) "
+                    f"in {s.work_dir}: give --base DIR"
+                )
+        else:
+            base_group = rundata.resolve_group(base, s.work_dir, "--base")
+        result = compare_mod.compare(base_group, head_group, thresholds)
+        if json:
+            emit(json_mod.dumps(result.as_dict(), indent=2))
+        else:
+            emit(compare_mod.format_text(result))
+    if result.crossings:
+        names = sorted({x.threshold.text for x in result.crossings})
+        raise Exit(f"error: {len(result.crossings)} change(s) crossed {', '.join(names)}", code=1)
+
+
+sim = Collection("sim", run, check, inspect, exec, compare, merge, view.serve, view.report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -53,7 +54,10 @@ class CargoFlagsTask(Task):
         "sudo": "Run the tests as root in the guest (default: the guest user).",
         "timeout": "Limit per test binary, e.g. 300, 90s, 10m, 1h: it is then killed "
         "and counts as failed.",
-        "junit": "Also write a JUnit XML file: a testcase per test of each binary.",
+        "junit": "Also write a JUnit XML file: a testcase per test of each binary (per try "
+        "with --repeat).",
+        "repeat": "Run the test binaries N times (default 1); the summary gives each binary's "
+        "and each test's pass rate; exit 1 when any try failed.",
         "args": "Arguments for each test binary, as a list, for a task of yours that calls "
         "this one; on the command line they go after --.",
     },
@@ -74,12 +78,14 @@ def run(
     timeout: str | None = None,
     junit: str | None = None,
     args: list[str] | None = None,
+    repeat: str | None = None,
 ) -> None:
     """Build Rust tests with cargo and run them in the VM; args after -- go to each binary."""
     with task_errors():
         s = settings.from_context(c)
         limit = parse_timeout(timeout)
         check_output_path(junit, "--junit")
+        tries = _positive_int(repeat, "--repeat") or 1
         build = cargo.TestBuild(
             target=target or cargo.default_target(s.arch),
             packages=tuple(package or ()),
@@ -104,9 +110,13 @@ def run(
                 vm.close()
                 raise
         try:
-            results = _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, s.work_dir, limit)
+            results = _run_all(
+                vm, exes, filter, test_args, sudo, no_fail_fast, s.work_dir, limit, tries
+            )
         finally:
             vm.close()
+        if tries > 1:
+            emit(testrun.format_repeat_summary(results, tries))
         emit(testrun.format_summary(results))
         if junit:
             say(f"JUnit report: {write_junit_file(write_test_junit, results, Path(junit))}")
@@ -158,11 +168,13 @@ def write_test_junit(results: list, out: Path) -> Path:
     from ..files import write_atomic
     from ..viewer.junit import TestBinaryRun, test_run_junit_xml  # xml: only when asked
 
-    runs = [TestBinaryRun(r.name, r.exit_code, r.output, r.seconds) for r in results]
+    runs = [
+        TestBinaryRun(r.name, r.exit_code, r.output, r.seconds, r.try_no, r.tries) for r in results
+    ]
     return write_atomic(out, test_run_junit_xml(runs).encode("utf-8"))
 
 
-def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=None) -> list:
+def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=None, tries=1):
     if not exes:
         say("cargo built no test binaries; nothing to run")
         return []
@@ -171,7 +183,22 @@ def _run_all(vm, exes, filter, test_args, sudo, no_fail_fast, work_dir, limit=No
     if copying:  # no shared folders (QEMU_VM_FS=none): copy them in, their output out
         sync.stage(vm.conn, vm.settings, guest_paths)
     try:
-        return _run_each(vm, exes, guest_paths, filter, test_args, sudo, no_fail_fast, limit)
+        if tries == 1:
+            return _run_each(vm, exes, guest_paths, filter, test_args, sudo, no_fail_fast, limit)
+        # --repeat: every try runs (a failure stops only the rest of its own try, unless
+        # --no-fail-fast), and keeps its output: in the JUnit file, and in a log per
+        # binary under <work dir>/test-repeats/<started>/try-<k>/.
+        results = []
+        stamp = time.strftime("%y%m%d-%H%M%S", time.gmtime())
+        for k in range(1, tries + 1):
+            say(f"try {k}/{tries}")
+            got = _run_each(vm, exes, guest_paths, filter, test_args, sudo, no_fail_fast, limit)
+            got = [dataclasses.replace(r, try_no=k, tries=tries) for r in got]
+            where = testrun.write_try_logs(work_dir, stamp, k, got)
+            say(f"try {k}/{tries}: {sum(r.passed for r in got)} passed, "
+                f"{sum(not r.passed for r in got)} failed; output in {where}")  # fmt: skip
+            results += got
+        return results
     finally:
         if copying:
             staging.bring_tests_home_after(vm.conn, vm.settings, as_root=sudo)

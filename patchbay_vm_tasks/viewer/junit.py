@@ -107,32 +107,83 @@ def sim_junit_xml(
     cases = []
     total = 0.0
     for entry in simulations:
-        name = str(entry.get("sim") or entry.get("sim_dir") or "?")
-        sim_json = sim_jsons.get(name) or None
-        status = (sim_json or {}).get("status") or entry.get("status") or "pending"
-        ms = (sim_json or {}).get("runtime_ms", entry.get("runtime_ms")) or 0
-        seconds = float(ms) / 1000 if isinstance(ms, int | float) else 0.0
+        case, seconds = _sim_case(invocation, entry, sim_jsons, step_logs)
         total += seconds
-        case = ET.Element("testcase", name=name, classname=f"{SIM_SUITE}.{name}")
-        case.set("time", f"{seconds:.3f}")
-        run_folder = f"{invocation}/{Path(str(entry.get('sim_dir') or name)).name}"
-        _properties(case, {"run_folder": run_folder})
-        if status == "error":
-            message = sim_failure_message(sim_json, entry.get("error"))
-            failure = ET.SubElement(case, "failure", message=_clean(message), type="sim")
-            error = (sim_json or {}).get("error") or {}
-            failure.text = _clean(
-                f"{message}\nphase: {error.get('phase', '?')}\nsim_dir: {entry.get('sim_dir')}"
-            )
-        elif status != "ok":
-            ET.SubElement(case, "skipped", message=f"sim did not finish (status {status})")
-        logs = step_logs.get(name) or {}
-        out = "\n".join(f"==> {path} <==\n{text.rstrip()}" for path, text in sorted(logs.items()))
-        ET.SubElement(case, "system-out").text = _clean(f"run folder: {run_folder}\n{_cap(out)}")
         cases.append(case)
     suite = _suite(root, SIM_SUITE, cases, total)
     _properties(suite, {"invocation": invocation}, first=True)
     return _xml(root)
+
+
+def _sim_case(
+    invocation: str,
+    entry: dict,
+    sim_jsons: dict[str, dict | None],
+    step_logs: dict[str, dict[str, str]],
+    extra: dict[str, str] | None = None,
+) -> tuple[ET.Element, float]:
+    """The testcase of one sim of an invocation, and its seconds; extra: more properties
+    (a try's number), which also open its system-out."""
+    name = str(entry.get("sim") or entry.get("sim_dir") or "?")
+    sim_json = sim_jsons.get(name) or None
+    status = (sim_json or {}).get("status") or entry.get("status") or "pending"
+    ms = (sim_json or {}).get("runtime_ms", entry.get("runtime_ms")) or 0
+    seconds = float(ms) / 1000 if isinstance(ms, int | float) else 0.0
+    case = ET.Element("testcase", name=name, classname=f"{SIM_SUITE}.{name}")
+    case.set("time", f"{seconds:.3f}")
+    run_folder = f"{invocation}/{Path(str(entry.get('sim_dir') or name)).name}"
+    _properties(case, {"run_folder": run_folder, **(extra or {})})
+    if status == "error":
+        message = sim_failure_message(sim_json, entry.get("error"))
+        failure = ET.SubElement(case, "failure", message=_clean(message), type="sim")
+        error = (sim_json or {}).get("error") or {}
+        failure.text = _clean(
+            f"{message}\nphase: {error.get('phase', '?')}\nsim_dir: {entry.get('sim_dir')}"
+        )
+    elif status != "ok":
+        ET.SubElement(case, "skipped", message=f"sim did not finish (status {status})")
+    logs = step_logs.get(name) or {}
+    out = "\n".join(f"==> {path} <==\n{text.rstrip()}" for path, text in sorted(logs.items()))
+    lead = "".join(f"{k}: {v}\n" for k, v in (extra or {}).items())
+    ET.SubElement(case, "system-out").text = _clean(f"{lead}run folder: {run_folder}\n{_cap(out)}")
+    return case, seconds
+
+
+def sim_repeat_junit_xml(tries: Sequence[dict[str, Any]], total_tries: int) -> str:
+    """`sim.run --repeat N`: one testsuite `patchbay`, a testcase per sim per try.
+
+    Every try of a sim keeps the sim's stable name and classname, and says which try it
+    is in its properties (`try`, `tries`) and system-out: dashboards that follow a test
+    by classname and name (GitLab, Jenkins, Buildkite, Datadog) then see one test that
+    passed 4 times and failed twice in this run, which is how they tell a flaky test,
+    and its history lines up with runs without --repeat. (A `[try 2/6]` in the name
+    would make six tests, each with a steady record, and new names whenever N changes.)
+
+    tries: sim_invocation_data() of each try, with its `try` number added."""
+    root = ET.Element("testsuites", name=SIM_SUITE)
+    cases = []
+    total = 0.0
+    for data in tries:
+        extra = {"try": str(data["try"]), "tries": str(total_tries)}
+        for entry in data["simulations"]:
+            case, seconds = _sim_case(
+                data["invocation"], entry, data["sim_jsons"], data["step_logs"], extra
+            )
+            total += seconds
+            cases.append(case)
+    suite = _suite(root, SIM_SUITE, cases, total)
+    names = ",".join(str(d["invocation"]) for d in tries)
+    _properties(suite, {"invocation": names, "tries": str(total_tries)}, first=True)
+    return _xml(root)
+
+
+def write_sim_repeat_junit(where: tuple[Path, Sequence[str]], out: Path) -> Path:
+    """The JUnit file of a `sim.run --repeat N` (where: the work dir and the tries' run
+    folders, in order)."""
+    work_dir, folders = where
+    tries = [{**sim_invocation_data(work_dir, name), "try": k} for k, name in enumerate(folders, 1)]
+    xml = sim_repeat_junit_xml(tries, len(folders))
+    return files.write_atomic(out, xml.encode("utf-8"))
 
 
 def _step_logs(base: Path, parts: list[str]) -> dict[str, str]:
@@ -195,6 +246,8 @@ class TestBinaryRun:
     exit_code: int
     output: str
     seconds: float = 0.0
+    try_no: int = 0  # test.run --repeat: which try (1..tries); 0 without
+    tries: int = 0
 
 
 @dataclass(frozen=True)
@@ -281,9 +334,15 @@ def test_run_junit_xml(binaries: Sequence[TestBinaryRun]) -> str:
                 failure = ET.SubElement(case, "failure", message=f"exit code {binary.exit_code}")
                 failure.text = _clean(_cap(binary.output))
             cases.append(case)
+        # --repeat: a suite per try, every try's cases with the stable names; the try is
+        # a property (sim_repeat_junit_xml says why).
+        tried = {"try": str(binary.try_no), "tries": str(binary.tries)} if binary.tries else {}
+        for case in cases if tried else ():
+            _properties(case, tried, first=True)
         suite = _suite(root, stable, cases, binary.seconds)
-        if stable != binary.name:
-            _properties(suite, {"binary": binary.name}, first=True)
+        if stable != binary.name or tried:
+            binary_prop = {"binary": binary.name} if stable != binary.name else {}
+            _properties(suite, {**binary_prop, **tried}, first=True)
         if binary.output:
             ET.SubElement(suite, "system-out").text = _clean(_cap(binary.output))
     return _xml(root)
