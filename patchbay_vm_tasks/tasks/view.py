@@ -124,10 +124,17 @@ def serve(
         "work_dir": "The work dir holding the invocation (default .patchbay-work).",
         "invocation": "sim-YYMMDD-HHMMSS folder, or latest (default).",
         "output": "The HTML file to write.",
+        "baseline": "A run to compare the invocation with, in the report's compare view: a "
+        "run folder (anywhere: a CI artifact), a work dir, or a sim-YYMMDD-HHMMSS of the "
+        "work dir (as sim.compare --base).",
     },
 )
 def report(
-    c: Context, output: str | None = None, work_dir: str | None = None, invocation: str = "latest"
+    c: Context,
+    output: str | None = None,
+    work_dir: str | None = None,
+    invocation: str = "latest",
+    baseline: str | None = None,
 ) -> None:
     """Write one self-contained HTML report of an invocation (no server needed to view it)."""
     from ..viewer import report as report_mod
@@ -136,8 +143,13 @@ def report(
         if not output:
             raise UsageError("give the file to write: sim.report -o report.html")
         s = settings.from_context(c, work_dir=work_dir)
+        base = None
+        if baseline is not None:
+            from ..sim import rundata
+
+            base = rundata.resolve_group(baseline, s.work_dir, "--baseline")
         try:
-            out = report_mod.write_report(s.work_dir, Path(output), invocation)
+            out = report_mod.write_report(s.work_dir, Path(output), invocation, base)
         except report_mod.ReportError as e:
             raise UsageError(str(e)) from None
         except OSError as e:  # a folder, no permission, no space, a name too long

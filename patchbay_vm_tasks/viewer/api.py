@@ -131,6 +131,8 @@ class Api:
             return _json([r.api() for r in self.list_runs()])
         if raw == ["api", "runs", "subscribe"]:
             return Response(200, "text/event-stream", stream=self._runs_stream)
+        if raw in (["api", "groups"], ["api", "compare"]) or raw[:2] == ["api", "groups"]:
+            return self._compare_route(raw, query)
         if len(raw) >= 4 and raw[1] == "runs":
             return self._run_route(
                 unquote(raw[2]), raw[3], [unquote(s) for s in raw[4:]], after, limit
@@ -209,6 +211,24 @@ class Api:
                 with contextlib.suppress(OSError):
                     stamps.append((folder, name, (self.base / folder / name).lstat().st_mtime_ns))
         return listed, tuple(stamps)
+
+    # -- compare and --repeat groups (ours) ----------------------------------------------
+
+    def _compare_route(self, raw: list[str], query: dict[str, list[str]]) -> Response:
+        from . import comparing  # loads the sim side's readers only when asked
+
+        if getattr(self, "testdir", False):  # test labs: no sim runs to group or compare
+            return _json([]) if raw == ["api", "groups"] else _not_found("no sim runs here")
+        if raw == ["api", "groups"]:
+            return _json(comparing.groups(self.base))
+        if raw == ["api", "compare"]:
+            pick = {k: (query.get(k) or [""])[0] or None for k in ("base", "head")}
+            status, data = comparing.comparison(self.base, pick["base"], pick["head"])
+            return _json(data, status)
+        if len(raw) == 4 and raw[3] == "summary":
+            data = comparing.group_summary(self.base, unquote(raw[2]))
+            return _json(data) if data is not None else _not_found("no such group")
+        return _not_found()
 
     # -- invocations --------------------------------------------------------------------
 

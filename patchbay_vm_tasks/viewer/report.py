@@ -69,22 +69,47 @@ def resolve_invocation(work_dir: Path, invocation: str) -> str:
     return name
 
 
-def report_data(work_dir: Path, invocation: str = "latest") -> dict[str, Any]:
+def report_data(work_dir: Path, invocation: str = "latest", baseline: Any = None) -> dict[str, Any]:
     """What the page needs for one invocation, as plain JSON data. Every file is read
-    through `files`: no link followed, regular files only, logs by their tail."""
+    through `files`: no link followed, regular files only, logs by their tail.
+
+    An invocation that is one try of a `sim.run --repeat` brings its other tries along
+    (the page shows them together, with their summary). baseline: a `rundata.Group` to
+    compare the invocation with (`sim.report --baseline DIR`)."""
+    from ..sim import repeat, rundata  # the compare and --repeat readers
+
     work_dir = work_dir.resolve()
     name = resolve_invocation(work_dir, invocation)
-    found = [r for r in runs.discover_runs(work_dir) if r.invocation == name]
-    combined = runs.read_json(work_dir, [name, "combined-results.json"])
-    progress = runs.invocation_progress(work_dir, name)
-    return {
+    group = rundata.group_of(work_dir, name)
+    names = group.folders() if group is not None and group.tries > 1 else [name]
+    found = [r for r in runs.discover_runs(work_dir) if r.invocation in names]
+    progress, combined = {}, {}
+    for inv in names:
+        prog = runs.invocation_progress(work_dir, inv)
+        if prog is not None:
+            progress[inv] = prog
+        comb = runs.read_json(work_dir, [inv, "combined-results.json"])
+        if isinstance(comb, dict):
+            combined[inv] = comb
+    data = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "invocation": name,
         "runs": [r.api() for r in found],
-        "progress": {name: progress} if progress is not None else {},
-        "combined": {name: combined} if isinstance(combined, dict) else {},
+        "progress": progress,
+        "combined": combined,
         "runData": {r.name: _run_data(work_dir, r) for r in found},
     }
+    if group is not None and group.tries > 1:
+        from .comparing import group_api
+
+        data["groups"] = [group_api(group)]
+        data["groupSummary"] = {group.label: repeat.summary_data(group)}
+    if baseline is not None:
+        from ..sim import compare
+
+        head = group if group is not None else rundata.Group(name, [])
+        data["compare"] = compare.compare(baseline, head).as_dict()
+    return data
 
 
 def _script_json(data: Any) -> str:
@@ -107,9 +132,11 @@ def render_report(data: dict[str, Any]) -> str:
     return page.replace("<title>patchbay results</title>", f"<title>{title}</title>")
 
 
-def write_report(work_dir: Path, out: Path, invocation: str = "latest") -> Path:
+def write_report(
+    work_dir: Path, out: Path, invocation: str = "latest", baseline: Any = None
+) -> Path:
     """Write the report of an invocation to out; returns out. Written whole or not at all
     (a temp file renamed onto out), and a link at out is replaced, not written through
-    (out may be in the work dir, which the guest writes)."""
-    text = render_report(report_data(work_dir, invocation))
+    (out may be in the work dir, which the guest writes). baseline: report_data's."""
+    text = render_report(report_data(work_dir, invocation, baseline))
     return files.write_atomic(out, text.encode("utf-8"))

@@ -32,6 +32,12 @@ function liveSource() {
     },
     combined: (inv) => get(`api/invocations/${enc(inv)}/combined-results`, 'json'),
     progress: (inv) => get(`api/invocations/${enc(inv)}/progress`, 'json'),
+    groups: async () => (await get('api/groups', 'json')) || [],
+    groupSummary: (name) => get(`api/groups/${enc(name)}/summary`, 'json'),
+    async compare(baseInv, headInv) {
+      const q = new URLSearchParams({ ...(baseInv ? { base: baseInv } : {}), ...(headInv ? { head: headInv } : {}) })
+      try { return await (await fetch(`api/compare?${q}`)).json() } catch { return { error: 'the server did not answer' } }
+    },
     logUrl: (name, path) => `${run(name)}/logs/${enc(path)}`,
     subscribeRuns(cb) {
       const es = new EventSource('api/runs/subscribe')
@@ -62,6 +68,10 @@ function inlineSource(data) {
     },
     combined: async (inv) => (data.combined || {})[inv] || null,
     progress: async (inv) => (data.progress || {})[inv] || null,
+    groups: async () => data.groups || [],
+    groupSummary: async (name) => (data.groupSummary || {})[name] || null,
+    // A report holds one comparison, against the baseline it was written with.
+    compare: async () => data.compare || { error: 'this report was written without --baseline' },
     logUrl: () => null,
     subscribeRuns() { return null },
     subscribeEvents(name, after, cb) { for (const e of rd(name).events || []) if (after == null || e.opid > after) cb(e); return null },
@@ -137,12 +147,15 @@ function natText(n) {
 
 // ---------------------------------------------------------------- app state
 
-const app = { runs: [], progress: {}, view: null, runEs: null, logTimer: null, events: [], state: null, renderedOnce: false }
+const app = { runs: [], progress: {}, groupList: [], view: null, runEs: null, logTimer: null, events: [], state: null, renderedOnce: false }
 
 function route() {
   const p = new URLSearchParams(location.hash.slice(1))
-  return { run: p.get('run'), inv: p.get('inv'), tab: p.get('tab') || 'topology', log: p.get('log') }
+  return { run: p.get('run'), inv: p.get('inv'), tab: p.get('tab') || 'topology', log: p.get('log'),
+    view: p.get('view'), base: p.get('base'), head: p.get('head'), group: p.get('group') }
 }
+const hrefCompare = (b, hd) => '#' + new URLSearchParams({ view: 'compare', ...(b ? { base: b } : {}), ...(hd ? { head: hd } : {}) })
+const hrefGroup = (g) => '#' + new URLSearchParams({ group: g })
 const hrefRun = (run, tab, log) => '#' + new URLSearchParams({ run, ...(tab ? { tab } : {}), ...(log ? { log } : {}) })
 const hrefInv = (inv) => '#' + new URLSearchParams({ inv })
 
@@ -177,6 +190,13 @@ async function loadRuns() {
   const invs = [...new Set(app.runs.map((r) => r.invocation).filter(Boolean))]
   const progs = await Promise.all(invs.map((i) => src.progress(i)))
   invs.forEach((inv, i) => { if (progs[i]) app.progress[inv] = progs[i] })
+  app.groupList = await src.groups()
+}
+
+// The --repeat group an invocation folder belongs to (null: a run of its own).
+function repeatOf(inv) {
+  const g = app.groupList.find((x) => x.tries > 1 && x.folders.includes(inv))
+  return g ? { group: g, index: g.folders.indexOf(inv) + 1 } : null
 }
 
 // ---------------------------------------------------------------- picker
@@ -189,12 +209,12 @@ let pickerSig = null
 function renderPicker() {
   const nav = document.getElementById('picker')
   const cur = route()
-  const sig = JSON.stringify([cur.run, cur.inv, app.runs, app.progress])
+  const sig = JSON.stringify([cur.run, cur.inv, cur.view, cur.group, app.runs, app.progress, app.groupList])
   if (sig === pickerSig) return // unchanged: keep the DOM (and the reader's place in it)
   pickerSig = sig
   const gs = groups()
   if (!gs.length) { nav.replaceChildren(h('div', { class: 'empty' }, 'no runs in this work dir yet')); return }
-  put(nav, ...gs.map((g) => {
+  const sections = gs.map((g) => {
     const prog = app.progress[g.inv]
     const head = h('div', { class: 'inv-head' }, h('span', { class: 'inv-name' }, g.inv || 'run'),
       prog ? statusBadge(prog.status === 'running' ? `running ${prog.completed ?? 0}/${prog.total ?? '?'}` : prog.error ? `${prog.error} failed` : 'done',
@@ -217,8 +237,30 @@ function renderPicker() {
       if (listed.has(base(x.sim_dir)) || listed.has(x.sim)) continue
       entries.push(h('div', { class: 'entry norun', title: x.error || '' }, h('span', { class: 'label' }, x.sim), statusBadge(x.status)))
     }
+    const rep = g.inv ? repeatOf(g.inv) : null
+    if (rep) head.prepend(h('span', { class: 'try' }, `try ${rep.index}/${rep.group.tries} `))
     return h('section', { class: 'inv', 'data-inv': g.inv || '' }, head, ...entries)
-  }))
+  })
+  // The tries of a --repeat, together under one head, first try first.
+  const out = [], done = new Set()
+  sections.forEach((sec, i) => {
+    const rep = gs[i].inv ? repeatOf(gs[i].inv) : null
+    if (!rep) { out.push(sec); return }
+    if (done.has(rep.group.group)) return
+    done.add(rep.group.group)
+    const mine = sections.filter((_, j) => gs[j].inv && rep.group.folders.includes(gs[j].inv))
+    mine.sort((a, b) => rep.group.folders.indexOf(a.dataset.inv) - rep.group.folders.indexOf(b.dataset.inv))
+    out.push(h('div', { class: 'repeat-group', 'data-group': rep.group.group },
+      h('a', { class: 'entry group-head' + (cur.group === rep.group.group ? ' active' : ''), href: hrefGroup(rep.group.group) },
+        h('span', { class: 'label', title: rep.group.group }, `${rep.group.tries} tries (--repeat)`),
+        statusBadge(`${rep.group.passes}/${rep.group.runs} ok`, rep.group.passes === rep.group.runs ? 'ok' : 'error')),
+      ...mine))
+  })
+  // A report offers the view only when it was written with --baseline.
+  const cmp = (src.live && app.groupList.length) || (!src.live && window.PATCHBAY_REPORT.compare)
+    ? h('a', { class: 'entry compare-link' + (cur.view === 'compare' ? ' active' : ''), href: hrefCompare(cur.base, cur.head) }, src.live ? 'compare two runs' : 'compare with the baseline')
+    : null
+  put(nav, cmp, ...out)
 }
 
 // ---------------------------------------------------------------- views
@@ -232,6 +274,8 @@ function stopLive() {
 async function renderView() {
   const cur = route()
   const main = document.getElementById('main')
+  if (cur.view === 'compare') { stopLive(); app.view = 'compare'; return renderCompare(main, cur) }
+  if (cur.group) { stopLive(); app.view = `group:${cur.group}`; return renderGroup(main, cur.group) }
   if (!cur.run && !cur.inv) {
     // Nothing chosen: the newest invocation's combined view, or its only run.
     const g = groups()[0]
@@ -550,7 +594,6 @@ function tailTracing(run, path, view) {
   })
 }
 
-
 // ---------------------------------------------------------------- timeline
 
 function eventNode(e) { return e.name || e.device || e.router || e.node || 'lab' }
@@ -609,6 +652,97 @@ async function renderInvocation(main, inv) {
     h('h2', {}, 'summary'),
     h('table', { class: 'summary' }, h('thead', {}, h('tr', {}, ['Sim', 'Status', 'Runtime (s)', 'Steps', 'Max Down MB/s', 'Max Up MB/s', 'Max Latency (ms)', 'Error'].map((t) => h('th', {}, t)))), h('tbody', {}, summaryRows)),
     h('h2', {}, 'all steps'), all.length ? barTable(all, [['sim', 'Sim'], ['id', 'Step']]) : h('div', { class: 'empty' }, 'no step results yet'))
+}
+
+// ---------------------------------------------------------------- compare (sim.compare)
+
+// metric -> [label, digits, which way is better: 1 higher, -1 lower]
+const CMP_METRICS = {
+  pass_rate: ['pass rate %', 1, 1], runtime_s: ['runtime s', 3, -1], duration_s: ['duration s', 3, -1],
+  down_mbit_s: ['down Mbit/s', 1, 1], up_mbit_s: ['up Mbit/s', 1, 1], latency_ms: ['latency ms', 2, -1],
+  down_bytes: ['down bytes', 0, 1], up_bytes: ['up bytes', 0, 1],
+}
+const cmpMeta = (m) => CMP_METRICS[m] || [m, 3, 0]
+const cmpVal = (m, st) => (st == null ? '—' : st.median.toFixed(cmpMeta(m)[1]))
+function sideText(side) {
+  return side.tries > 1 ? `${side.label} (${side.tries} tries)` : `${side.label} (1 try)`
+}
+
+function groupOption(g, chosen) {
+  const sims = g.sims.length > 3 ? `${g.sims.slice(0, 3).join(', ')}, …` : g.sims.join(', ')
+  return h('option', { value: g.group, selected: g.group === chosen ? 'selected' : null },
+    `${g.group}${g.tries > 1 ? ` (${g.tries} tries)` : ''}: ${sims}`)
+}
+
+async function renderCompare(main, cur) {
+  const [list, data] = await Promise.all([src.groups(), src.compare(cur.base, cur.head)])
+  const baseName = (data.base && data.base.label) || cur.base
+  const headName = (data.head && data.head.label) || cur.head || data.head
+  const pick = (role, chosen) => h('label', { class: 'cmp-pick' }, `${role} `,
+    h('select', { id: `cmp-${role}`, onchange: (e) => {
+      const b = role === 'base' ? e.target.value : document.getElementById('cmp-base').value
+      const hd = role === 'head' ? e.target.value : document.getElementById('cmp-head').value
+      location.hash = hrefCompare(b, hd)
+    } }, h('option', { value: '' }, role === 'base' ? '(the newest earlier run of the same sims)' : '(latest)'), list.map((g) => groupOption(g, chosen))))
+  const pickers = src.live ? h('div', { class: 'cmp-pickers' }, pick('base', baseName), pick('head', typeof headName === 'string' ? headName : null)) : null
+  if (data.error) {
+    put(main, h('div', { class: 'run-head' }, h('h1', {}, 'compare')), pickers, h('div', { class: 'empty cmp-error' }, data.error))
+    return
+  }
+  const rows = []
+  for (const sim of data.sims) {
+    if (sim.in !== 'both') continue
+    rows.push(h('tr', { class: 'cmp-sim', 'data-sim': sim.sim, 'data-metric': 'status' }, h('td', {}, sim.sim), h('td', {}), h('td', {}, 'status'),
+      h('td', {}, statusBadge(sim.base.status, sim.base.failures ? 'error' : 'ok')), h('td', {}, statusBadge(sim.head.status, sim.head.failures ? 'error' : 'ok')), h('td', {}), h('td', {})))
+    for (const r of sim.rows) {
+      if (r.metric === 'pass_rate' && sim.base.tries === 1 && sim.head.tries === 1) continue
+      const [label, digits, better] = cmpMeta(r.metric)
+      const pct = r.change_pct
+      const cls = pct == null || Math.abs(pct) < 1 || !better ? '' : (pct * better > 0 ? 'better' : 'worse')
+      const n = (st) => (data.medians && st && r.metric !== 'pass_rate' ? h('span', { class: 'muted' }, ` (${st.n})`) : null)
+      rows.push(h('tr', { 'data-sim': sim.sim, 'data-step': r.step || '', 'data-metric': r.metric, class: cls },
+        h('td', {}, sim.sim), h('td', {}, r.step || ''), h('td', {}, label),
+        h('td', { class: 'num' }, cmpVal(r.metric, r.base), n(r.base)), h('td', { class: 'num' }, cmpVal(r.metric, r.head), n(r.head)),
+        h('td', { class: 'num' }, r.change == null ? '—' : (r.change >= 0 ? '+' : '') + r.change.toFixed(digits)),
+        h('td', { class: 'num pct' }, r.base && r.head ? (pct == null ? 'n/a' : `${pct >= 0 ? '+' : ''}${pct.toFixed(1)}%`) : '—')))
+    }
+  }
+  const only = (side) => data[`only_in_${side}`].length ? h('div', { class: `note only-${side}` }, `only in ${side}: ${data[`only_in_${side}`].join(', ')}`) : null
+  const crossed = (data.thresholds_crossed || []).map((c) => h('div', { class: 'error-banner' }, `${c.threshold} crossed by ${c.sim}${c.step ? ` step ${c.step}` : ''}: ${cmpMeta(c.metric)[0]} (${c.why})`))
+  put(main,
+    h('div', { class: 'run-head' }, h('h1', {}, 'compare'), h('span', { class: 'run-name' }, `${sideText(data.base)} → ${sideText(data.head)}`)),
+    pickers,
+    h('div', { class: 'cmp-sides' }, h('div', {}, h('strong', {}, 'base: '), sideText(data.base), ' ', data.base.folders.map((f) => h('a', { href: hrefInv(f), class: 'cmp-folder' }, f))),
+      h('div', {}, h('strong', {}, 'head: '), sideText(data.head), ' ', data.head.folders.map((f) => h('a', { href: hrefInv(f), class: 'cmp-folder' }, f)))),
+    data.medians ? h('div', { class: 'note' }, `values are medians over the tries (${data.base.tries} in base, ${data.head.tries} in head); (n): how many tries had the value`) : null,
+    ...crossed,
+    rows.length ? h('table', { class: 'compare' }, h('thead', {}, h('tr', {}, ['Sim', 'Step', 'Metric', 'Base', 'Head', 'Change', '%'].map((t) => h('th', {}, t)))), h('tbody', {}, rows))
+      : h('div', { class: 'empty' }, 'no sim ran on both sides'),
+    only('base'), only('head'))
+}
+
+// ---------------------------------------------------------------- a --repeat group
+
+async function renderGroup(main, name) {
+  const data = await src.groupSummary(name)
+  if (!data) { put(main, h('div', { class: 'empty' }, `no group ${name}`)); return }
+  const stat = (m, st, k) => (st ? st[k].toFixed(cmpMeta(m)[1]) : '—')
+  const simRows = data.sims.map((x) => h('tr', { 'data-sim': x.sim },
+    h('td', {}, x.sim), h('td', { class: 'num' }, x.tries), h('td', { class: 'num' }, x.passes), h('td', { class: 'num' }, x.failures),
+    h('td', { class: 'num pass-rate' }, `${(x.pass_rate * 100).toFixed(0)}%`),
+    ['min', 'median', 'max'].map((k) => h('td', { class: 'num' }, stat('runtime_s', x.runtime_s, k)))))
+  const stepRows = []
+  for (const x of data.sims) for (const [step, ms] of Object.entries(x.steps)) for (const [m, st] of Object.entries(ms)) {
+    stepRows.push(h('tr', { 'data-sim': x.sim, 'data-step': step, 'data-metric': m }, h('td', {}, x.sim), h('td', {}, step), h('td', {}, cmpMeta(m)[0]),
+      h('td', { class: 'num' }, st.n), ['min', 'median', 'max'].map((k) => h('td', { class: 'num' }, stat(m, st, k)))))
+  }
+  put(main, h('div', { class: 'run-head' }, h('h1', {}, name), h('span', { class: 'run-name' }, `${data.tries} tries`)),
+    h('div', { class: 'cmp-sides' }, 'tries: ', data.folders.map((f, i) => h('a', { href: hrefInv(f), class: 'cmp-folder' }, `${i + 1}: ${f}`))),
+    h('h2', {}, 'pass rate'),
+    h('table', { class: 'repeat-summary' }, h('thead', {}, h('tr', {}, ['Sim', 'Tries', 'Passed', 'Failed', 'Pass rate', 'Runtime s min', 'median', 'max'].map((t) => h('th', {}, t)))), h('tbody', {}, simRows)),
+    h('h2', {}, 'metrics over the tries'),
+    stepRows.length ? h('table', { class: 'repeat-steps' }, h('thead', {}, h('tr', {}, ['Sim', 'Step', 'Metric', 'n', 'min', 'median', 'max'].map((t) => h('th', {}, t)))), h('tbody', {}, stepRows))
+      : h('div', { class: 'empty' }, 'no step results in the tries'))
 }
 
 // ---------------------------------------------------------------- start
