@@ -54,12 +54,12 @@ def arm_build() -> Path:
     return ARM64["build"].wait()
 
 
-def _arm_vm(tmp_path_factory, name: str, port: str, **env: str) -> VmEnv:
+def _arm_vm(tmp_path_factory, name: str, **env: str) -> VmEnv:
+    # No fixed SSH port: the default's fallback picks a free one (a fixed one was taken
+    # by another test's VM once, and the boot was refused).
     project = make_project(tmp_path_factory.mktemp(f"{name}-project"))
     (project / "sims" / "arm-ping.toml").write_text(PING_SIM)
-    return VmEnv(
-        project, vm_env(project, name=name, QEMU_VM_ARCH="arm64", QEMU_VM_SSH_PORT=port, **env)
-    )
+    return VmEnv(project, vm_env(project, name=name, QEMU_VM_ARCH="arm64", **env))
 
 
 def _up(vm: VmEnv, timing: str) -> None:
@@ -74,7 +74,6 @@ def kernel_vm(tmp_path_factory: pytest.TempPathFactory, arm_build: Path):
     vm = _arm_vm(
         tmp_path_factory,
         "armk",
-        "2480",
         QEMU_VM_IMAGE_URL=f"debian:{ARM64_SUITE}",
         QEMU_VM_IMAGE_CACHE=str(arm_build.parent),
     )
@@ -96,7 +95,6 @@ def firmware_vm(tmp_path_factory: pytest.TempPathFactory, arm_build: Path):
         vm = _arm_vm(
             tmp_path_factory,
             "armfw",
-            "2481",
             QEMU_VM_IMAGE_URL=f"{base}/{image.name}",
             QEMU_VM_IMAGE_CACHE=str(tmp_path_factory.mktemp("arm64-fw-cache")),
         )
