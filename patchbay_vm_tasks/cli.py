@@ -9,6 +9,7 @@ patchbay-vm check SIM...           -> sim.check --file SIM... (host only, no VM)
 patchbay-vm inspect SIM            -> sim.inspect --file SIM
 patchbay-vm run-in NODE -- CMD...  -> sim.exec --node NODE -- CMD...
 patchbay-vm serve [OUTDIR] [flags] -> sim.serve [--work-dir OUTDIR] [flags]
+patchbay-vm push URL [flags]       -> sim.push URL [flags]
 patchbay-vm merge DIR... -o DIR    -> sim.merge --from DIR... -o DIR
 patchbay-vm report [flags]         -> sim.report [flags]
 patchbay-vm compare [BASE] [HEAD] [flags]   -> sim.compare [--base BASE] [--head HEAD] [flags]
@@ -37,7 +38,7 @@ TASK_OF = {
     "ssh": "vm.ssh", "ssh-config": "vm.ssh-config", "cp": "vm.cp", "list": "vm.list",
     "destroy": "vm.destroy", "run": "sim.run", "check": "sim.check", "inspect": "sim.inspect",
     "run-in": "sim.exec", "serve": "sim.serve", "report": "sim.report", "test": "test.run",
-    "compare": "sim.compare", "merge": "sim.merge",
+    "compare": "sim.compare", "merge": "sim.merge", "push": "sim.push",
 }  # fmt: skip
 COMMAND_OF = {task: command for command, task in TASK_OF.items()}
 
@@ -57,7 +58,13 @@ RUN_VALUE_FLAGS = {
     "--work-dir", "--binary", "--patchbay-version", "--timeout", "--bind", "--junit",
     "--repeat", "--jobs", "--shard",
 }  # fmt: skip
-SERVE_VALUE_FLAGS = {"--work-dir", "--bind"}
+SERVE_VALUE_FLAGS = {
+    "--work-dir", "--bind", "--api-key", "--data-dir", "--retention", "--max-push",
+}  # fmt: skip
+PUSH_VALUE_FLAGS = {
+    "--project", "--work-dir", "--invocation", "--run-dir", "--api-key", "--branch",
+    "--commit", "--pr", "--pr-url", "--title", "--base-branch", "--threshold",
+}  # fmt: skip
 MERGE_VALUE_FLAGS = {"-o", "--output", "--junit", "--report"}
 COMPARE_VALUE_FLAGS = {"--work-dir", "--threshold", "--base", "--head"}
 TEST_VALUE_FLAGS = {
@@ -86,6 +93,11 @@ commands:
   serve [OUTDIR] [--testdir] [--bind HOST:PORT] [--open]
                            a results viewer over the work dir (--testdir: the labs that
                            Rust tests wrote, <work dir>/binaries/tests/testdir-current)
+  serve --accept-push [--api-key KEY] [--data-dir DIR] [--retention SIZE]
+                           a results server for a team: CI pushes runs to it
+                           (PATCHBAY_API_KEY holds the key; --data-dir alone: read only)
+  push URL --project P [--testdir] [--run-dir DIR]
+                           push the latest run to a results server, print its URL
   merge DIR... -o DIR [--junit FILE] [--report FILE]
                            the runs of sim shards (run --shard K/N) as one run
   report -o FILE.html      one self-contained HTML report of the latest run
@@ -172,6 +184,11 @@ def translate(argv: list[str]) -> tuple[list[str], list[str] | None]:
         return ["sim.serve", *[x for d in dirs for x in ("--work-dir", d)], *flags], None
     if command == "report":
         return ["sim.report", *rest], None
+    if command == "push":
+        urls, flags = split_positionals(rest, PUSH_VALUE_FLAGS)
+        if len(urls) != 1:
+            raise SystemExit(f"patchbay-vm push: give the server's URL once, got {urls}")
+        return ["sim.push", *urls, *flags], None
     if command == "merge":
         dirs, flags = split_positionals(rest, MERGE_VALUE_FLAGS)
         return ["sim.merge", *[x for d in dirs for x in ("--from", d)], *flags], None

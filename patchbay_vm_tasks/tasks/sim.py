@@ -19,6 +19,7 @@ from ..vm import lifecycle, qemu
 from . import view
 from .common import check_output_path, emit, remainder, task, task_errors, write_junit_file
 from .merge import merge
+from .push import push
 
 if TYPE_CHECKING:
     from ..sim import runner, shards
@@ -442,4 +443,4 @@ def compare(
         raise Exit(f"error: {len(result.crossings)} change(s) crossed {', '.join(names)}", code=1)
 
 
-sim = Collection("sim", run, check, inspect, exec, compare, merge, view.serve, view.report)
+sim = Collection("sim", run, check, inspect, exec, compare, merge, push, view.serve, view.report)

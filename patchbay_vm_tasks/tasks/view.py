@@ -98,6 +98,15 @@ def check_work_dir(work_dir: Path, given: str | None) -> str | None:
         "testdir": "Show the labs that Rust tests wrote (test.run; patchbay's testdir!()) in "
         "<work dir>/binaries/tests/testdir-current instead of sim runs, the newest as "
         "each test.run makes it.",
+        "accept_push": "Be a results server that takes pushed runs (POST /api/push/PROJECT, "
+        "patchbay-serve's API; sim.push sends them) into --data-dir; needs --api-key.",
+        "api_key": "The key pushes must send (Authorization: Bearer KEY); better in "
+        "PATCHBAY_API_KEY (a flag shows in `ps`). At least 16 characters.",
+        "data_dir": "The results server's folder (runs and index; default under your data "
+        "dir, e.g. ~/.local/share/patchbay/results). Without --accept-push: served read only.",
+        "retention": "With --accept-push: delete the oldest runs once all of them take more "
+        "than SIZE (e.g. 10GB, 500MB, 2GiB); a run being read is kept until let go.",
+        "max_push": "Results server: the largest push taken, packed (default 256MB).",
     },
 )
 def serve(
@@ -106,9 +115,36 @@ def serve(
     bind: str = DEFAULT_BIND,
     open: bool = False,
     testdir: bool = False,
+    accept_push: bool = False,
+    api_key: str | None = None,
+    data_dir: str | None = None,
+    retention: str | None = None,
+    max_push: str | None = None,
 ) -> None:
-    """Serve the results viewer over the work dir until Ctrl-C."""
+    """Serve the results viewer over the work dir until Ctrl-C.
+
+    With --accept-push (or --data-dir): a results server for a team instead, which CI
+    pushes runs to (sim.push, or patchbay's curl snippet) and which compares each with
+    its base branch; see --api-key, --data-dir, --retention."""
     with task_errors():
+        if accept_push or data_dir or api_key or retention or max_push:
+            from .push import serve_results
+
+            if work_dir is not None or testdir:
+                raise UsageError(
+                    "a results server (--accept-push, --data-dir) serves its data dir: "
+                    "--work-dir and --testdir are for the viewer of a work dir"
+                )
+            serve_results(
+                bind=bind,
+                open_browser=open,
+                accept_push=accept_push,
+                api_key=api_key,
+                data_dir=data_dir,
+                retention=retention,
+                max_push=max_push,
+            )
+            return
         s = settings.from_context(c, work_dir=work_dir)
         note = check_work_dir(s.work_dir, work_dir)
         if testdir:

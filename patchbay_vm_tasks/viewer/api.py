@@ -48,6 +48,8 @@ class Response:
     # A file sent as it is read, `length` bytes (its Content-Length); closed when sent.
     chunks: files.FileStream | None = None
     length: int = 0
+    # Called once the answer is sent or abandoned (the results server lets go of a run).
+    on_close: Callable[[], None] | None = None
 
 
 def _json(data: Any, status: int = 200) -> Response:

@@ -19,11 +19,14 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import DEFAULT_BIND
 from .api import Api, Response
 from .hosts import Hosts, parse_address
+
+if TYPE_CHECKING:
+    from .results import Results
 
 # Listen backlog: 200 clients at once must all get in (the default, 5, left 25-51 of 200
 # unanswered); the kernel caps it at net.core.somaxconn.
@@ -67,8 +70,11 @@ class ViewerServer(ThreadingHTTPServer):
         streams: int = MAX_STREAMS,
         timeout: float = REQUEST_TIMEOUT_S,
         testdir: bool = False,
+        results: Results | None = None,
     ) -> None:
         self.api = Api(work_dir, testdir=testdir)
+        # `sim.serve --accept-push`/`--data-dir`: the results server answers instead.
+        self.results = results
         self.stopping = threading.Event()
         self.workers = threading.BoundedSemaphore(workers)
         self.streams = threading.BoundedSemaphore(min(streams, workers))
@@ -142,6 +148,8 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.hosts.allows(self.headers.get("Host")):
             return Response(403, "text/plain", b"forbidden: unexpected Host header\n")
         try:
+            if self.server.results is not None:
+                return self.server.results.get(self.path)
             return self.server.api.handle(self.path)
         except OSError:
             return Response(404, "application/json", b'{"error": "not readable"}')
@@ -154,11 +162,26 @@ class Handler(BaseHTTPRequestHandler):
         response.headers["Allow"] = "GET, HEAD"
         self._send(response)
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+    def do_POST(self) -> None:
+        if self.server.results is None:
+            return self._refuse()
+        if not self.server.hosts.allows(self.headers.get("Host")):
+            self.close_connection = True
+            return self._send(Response(403, "text/plain", b"forbidden: unexpected Host header\n"))
+        try:
+            response = self.server.results.post(self)
+        except Exception as e:  # noqa: BLE001 (whatever a push does, the server answers)
+            print(f"viewer: POST: {type(e).__name__}: {e}", file=sys.stderr)
+            self.close_connection = True
+            response = Response(500, "application/json", b'{"error": "internal error"}')
+        self._send(response)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
 
     def _send(self, response: Response, head: bool = False) -> None:
         """The response; for HEAD its status and headers alone (a stream is not started,
         a file not read)."""
+        on_close = response.on_close  # kept when a 503 takes the answer's place
         if head:
             try:
                 self._send_headers(response)
@@ -167,6 +190,8 @@ class Handler(BaseHTTPRequestHandler):
             finally:
                 if response.chunks is not None:
                     response.chunks.close()
+                if on_close is not None:
+                    on_close()
             return
         holds_stream = False
         if response.stream is not None:
@@ -194,6 +219,8 @@ class Handler(BaseHTTPRequestHandler):
                 response.chunks.close()
             if holds_stream:
                 self.server.streams.release()
+            if on_close is not None:
+                on_close()
 
     def _send_headers(self, response: Response) -> None:
         self.send_response(response.status)
